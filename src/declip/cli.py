@@ -1,0 +1,83 @@
+"""``declip`` command line: train | eval (more sub-commands register here)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .config import ConfigError, load_config
+
+
+def cmd_train(args) -> int:
+    from .train.trainer import train
+
+    cfg = load_config(args.config, args.overrides)
+    summary = train(cfg, resume=args.resume)
+    ev = summary.get("eval", {})
+    if "builtin/top1" in ev:
+        print(f"zero-shot top-1 (built-in shapes, {ev['builtin/images']} held-out images): "
+              f"{ev['builtin/top1']:.1f}% (chance {ev['builtin/chance']:.1f}%), top-5 {ev['builtin/top5']:.1f}%")
+    if "imagenet/top1" in ev:
+        print(f"zero-shot ImageNet top-1: {ev['imagenet/top1']:.2f}%  top-5: {ev['imagenet/top5']:.2f}%")
+    if summary.get("checkpoint"):
+        print(f"checkpoint: {summary['checkpoint']}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from .config import config_from_dict
+    from .eval.zeroshot import run_zero_shot
+    from .methods import build_method
+    from .train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(args.checkpoint)
+    cfg = config_from_dict(state["config"])
+    if args.val_manifest:
+        cfg.eval.val_manifest, cfg.eval.val_root = args.val_manifest, args.val_root
+        cfg.eval.builtin = args.builtin
+    cfg.eval.max_images = args.max_images or cfg.eval.max_images
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    method = build_method(cfg)
+    method.load_state_dict(state["model"])
+    results = run_zero_shot(method.clip.to(device), cfg, device)
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in results.items()}, indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="declip", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train (no --config: DeCLIP on the built-in data)")
+    t.add_argument("--config", default=None, help="YAML config file")
+    t.add_argument("--resume", default=None, help="'latest' (newest in train.output_dir) or a checkpoint path")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=5e-4 train.steps=200")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="zero-shot evaluation of a checkpoint")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--val-manifest", default="", help="ImageNet val_official.json (JSON lines)")
+    e.add_argument("--val-root", default="", help="flat folder of ImageNet val images")
+    e.add_argument("--builtin", action="store_true", help="with --val-manifest: also run the built-in task")
+    e.add_argument("--max-images", type=int, default=0)
+    e.add_argument("--device", default=None)
+    e.set_defaults(func=cmd_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "val_manifest", None) and not args.val_root:
+        print("error: --val-manifest needs --val-root", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

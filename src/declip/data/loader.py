@@ -1,0 +1,116 @@
+"""Training batches: sampler -> per-sample views and text views -> collated dict of tensors.
+
+Reproducibility is per sample, not per worker: sample ``i`` of epoch ``e`` draws all its randomness
+(crops, colour jitter, EDA, masking) from a seed that depends only on (seed, e, i). A run therefore gives
+the same batches whatever the worker count, and a resumed run continues with exactly the batches the
+uninterrupted run would have seen; the stream position is just the number of samples consumed.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .sources import SKIP_REASONS, BadSample
+from .text import TextPipeline, TextSpec
+from .views import build_train_views
+
+MAX_ATTEMPTS = 16
+MAX_EXAMPLES = 3
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a method needs from the data pipeline (declared by the method, built by the loader)."""
+
+    n_views: int = 1
+    augment: str = "clip"  # clip | mocov2
+    text: TextSpec = TextSpec()
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return (((seed * 1_000_003) + epoch) * 2_147_483_647 + index) % (2**63 - 1)
+
+
+class ResumableSampler(Sampler):
+    """Endless stream of (epoch, index): a fresh permutation per epoch, a disjoint equal share per rank.
+
+    ``start`` is the number of samples this rank has already consumed; resuming passes it back.
+    """
+
+    def __init__(self, size: int, seed: int = 0, rank: int = 0, world_size: int = 1, start: int = 0):
+        if size < world_size:
+            raise ValueError(f"data set of {size} samples is smaller than the world size {world_size}")
+        self.size, self.seed, self.rank, self.world = size, seed, rank, world_size
+        self.per_rank = size // world_size
+        self.start = start
+
+    def __iter__(self):
+        epoch, offset = divmod(self.start, self.per_rank)
+        while True:
+            g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            perm = torch.randperm(self.size, generator=g)[: self.per_rank * self.world]
+            mine = perm[self.rank :: self.world].tolist()
+            for idx in mine[offset:]:
+                yield epoch, idx
+            epoch, offset = epoch + 1, 0
+
+    def __len__(self) -> int:  # one epoch's share; the stream itself is endless
+        return self.per_rank
+
+
+class PairDataset(Dataset):
+    def __init__(self, source, spec: DataSpec, image_size: int, seed: int = 0):
+        self.source, self.spec, self.seed = source, spec, seed
+        self.views = build_train_views(spec.augment, image_size, spec.n_views)
+        self.text = TextPipeline(spec.text)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, item):
+        epoch, index = item if isinstance(item, tuple) else (0, item)
+        seed = sample_seed(self.seed, epoch, index)
+        skips = torch.zeros(len(SKIP_REASONS), dtype=torch.long)
+        examples = []
+        n = len(self.source)
+        for attempt in range(MAX_ATTEMPTS):
+            j = index if attempt == 0 else random.Random(seed + attempt).randrange(n)
+            try:
+                image, caption = self.source.load(j)
+            except BadSample as e:
+                skips[SKIP_REASONS.index(e.reason)] += 1
+                if len(examples) < MAX_EXAMPLES:
+                    examples.append(f"{self._key(j)}: {e}")
+                continue
+            rng = random.Random(seed + attempt)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + attempt)
+                views = self.views(image)
+            sample = {"images": views, **self.text(caption, rng), "index": torch.tensor(j), "skips": skips}
+            sample["skip_examples"] = examples
+            return sample
+        raise RuntimeError(f"{MAX_ATTEMPTS} consecutive unusable samples around index {index}: {examples}")
+
+    def _key(self, index: int) -> str:
+        key = getattr(self.source, "key", None)
+        return key(index) if key else str(index)
+
+
+def collate(samples: list[dict]) -> dict:
+    batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0] if k not in ("skips", "skip_examples")}
+    batch["skips"] = torch.stack([s["skips"] for s in samples]).sum(0)
+    batch["skip_examples"] = [e for s in samples for e in s["skip_examples"]][:MAX_EXAMPLES]
+    return batch
+
+
+def build_train_loader(dataset: PairDataset, batch_size: int, num_workers: int, rank: int, world_size: int,
+                       seed: int, start: int = 0, pin_memory: bool = False) -> DataLoader:
+    sampler = ResumableSampler(len(dataset), seed, rank, world_size, start)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,
+        drop_last=True, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )

@@ -1,0 +1,21 @@
+"""Training methods, by name. Adding one = one file + one line here."""
+from __future__ import annotations
+
+from ..config import Config
+from .base import Method
+
+
+def method_class(name: str) -> type[Method]:
+    if name == "clip":
+        from .clip import CLIP
+
+        return CLIP
+    if name == "declip":
+        from .declip import DeCLIP
+
+        return DeCLIP
+    raise ValueError(f"unknown method {name!r}")
+
+
+def build_method(cfg: Config) -> Method:
+    return method_class(cfg.method.name)(cfg)

@@ -1,0 +1,35 @@
+"""The method seam: the trainer sees only this interface.
+
+A method owns its towers (``self.clip``, an open_clip model), its heads and any state it keeps across steps
+(registered buffers, so state_dict() carries it). ``forward(batch)`` returns (losses, metrics): losses are
+already weighted tensors that the trainer sums; metrics are floats that it logs.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..config import Config
+from ..data.loader import DataSpec
+from ..models.towers import build_clip, clamp_logit_scale
+
+
+class Method(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.clip = build_clip(cfg.model)
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+
+    @staticmethod
+    def data_spec(cfg: Config) -> DataSpec:
+        raise NotImplementedError
+
+    def forward(self, batch: dict) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Called after every optimizer step: the reference clamps log(logit scale) into [3, 6]."""
+        clamp_logit_scale(self.clip)
+        self.steps_done += 1

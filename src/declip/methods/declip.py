@@ -1,0 +1,111 @@
+"""DeCLIP: CLIP + image self-supervision (SimSiam) + text self-supervision (MLM) + multi-view and
+nearest-neighbour supervision.
+
+One image forward serves both views (2B images in one batch) and one text forward serves the masked caption
+and its EDA view (2B captions): the masked caption's EOT feature is the contrastive text feature (as in the
+reference) and its token features feed the MLM head at the masked positions only. A branch whose weight is
+0 is not computed at all (and its head is not built, so nothing can receive a gradient).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..config import Config
+from ..data.loader import DataSpec
+from ..data.text import TextSpec
+from ..data.tokenizer import VOCAB_SIZE
+from ..losses.contrastive import Gathered, ImageToTextInfoNCE, SymmetricInfoNCE, top1_accuracy
+from ..losses.mlm import MLMLoss
+from ..losses.nn_queue import NearestNeighborQueue
+from ..losses.simsiam import SimSiamLoss
+from ..models.heads import MLMHead, SimSiamPredictor, SimSiamProjector
+from ..models.towers import encode_text_with_tokens, logit_scale_value
+from ..train.distributed import get_rank
+from .base import Method
+
+
+class DeCLIP(Method):
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
+        m, d = cfg.method, cfg.model.embed_dim
+        self.w = {"clip": m.clip_weight, "simsiam": m.simsiam_weight, "mlm": m.mlm_weight, "nn": m.nn_weight}
+        self.contrastive = SymmetricInfoNCE()
+        if self.w["simsiam"] > 0:
+            self.projector = SimSiamProjector(d, m.simsiam_proj_dim)
+            self.predictor = SimSiamPredictor(m.simsiam_proj_dim, m.simsiam_pred_dim)
+            self.simsiam = SimSiamLoss()
+        if self.w["mlm"] > 0:
+            self.mlm_head = MLMHead(cfg.model.text.width, cfg.model.text.vocab_size)
+            self.mlm = MLMLoss()
+        if self.w["nn"] > 0:
+            self.queue = NearestNeighborQueue(m.queue_size, d, seed=cfg.train.seed + get_rank())
+            self.nn_loss = ImageToTextInfoNCE()
+        assert cfg.model.text.vocab_size >= VOCAB_SIZE
+
+    @staticmethod
+    def data_spec(cfg: Config) -> DataSpec:
+        m = cfg.method
+        return DataSpec(n_views=2, augment="mocov2", text=TextSpec(
+            context_length=cfg.model.text.context_length,
+            eda=m.clip_weight > 0 or m.nn_weight > 0, eda_ops=tuple(m.eda_ops),
+            mlm=m.mlm_weight > 0, mask_prob=m.mask_prob))
+
+    def forward(self, batch):
+        w, gather = self.w, not self.cfg.method.local_loss
+        images = batch["images"]  # [B, 2, C, H, W]
+        b = images.shape[0]
+        feats = self.clip.encode_image(images.transpose(0, 1).reshape(2 * b, *images.shape[2:]))
+        f1, f2 = feats[:b], feats[b:]
+        use_aug = w["clip"] > 0 or w["nn"] > 0
+        text_ids = torch.cat([batch["text"], batch["text_aug"]]) if use_aug else batch["text"]
+        if w["mlm"] > 0:
+            text_feats, tokens = encode_text_with_tokens(self.clip, text_ids)
+        else:
+            text_feats, tokens = self.clip.encode_text(text_ids), None
+
+        losses, metrics = {}, {}
+        scale = logit_scale_value(self.clip)
+        metrics["logit_scale"] = scale.item()
+        i1, i2 = F.normalize(f1, dim=-1), F.normalize(f2, dim=-1)
+        t_all = F.normalize(text_feats, dim=-1)
+        t, t_aug = t_all[:b], (t_all[b:] if use_aug else None)
+        g_i1, g_i2 = Gathered(i1, gather=gather), Gathered(i2, gather=gather)
+        offset = g_i1.offset
+
+        if w["clip"] > 0:
+            g_t, g_ta = Gathered(t, gather=gather), Gathered(t_aug, gather=gather)
+            l11, logits = self.contrastive(g_i1, g_t, scale)
+            l21, _ = self.contrastive(g_i2, g_t, scale)
+            l12, _ = self.contrastive(g_i1, g_ta, scale)
+            l22, _ = self.contrastive(g_i2, g_ta, scale)
+            loss = (l11 + l21 + l12 + l22) / 4
+            losses["clip"] = w["clip"] * loss
+            metrics["clip_raw"] = loss.item()
+            metrics["clip_acc"] = top1_accuracy(logits, offset)
+
+        if w["simsiam"] > 0:
+            z1, z2 = self.projector(f1), self.projector(f2)  # views apart: BN statistics per view
+            p1, p2 = self.predictor(z1), self.predictor(z2)
+            loss = self.simsiam(p1, p2, z1, z2)
+            losses["simsiam"] = w["simsiam"] * loss
+            metrics["simsiam_raw"] = loss.item()
+
+        if w["mlm"] > 0:
+            loss, acc = self.mlm(tokens[:b], batch["mlm_labels"], self.mlm_head)
+            losses["mlm"] = w["mlm"] * loss
+            metrics["mlm_raw"], metrics["mlm_acc"] = loss.item(), acc
+
+        if w["nn"] > 0:
+            nn_t, nn_ta = self.queue.nearest(t), self.queue.nearest(t_aug)  # bank as it was before this step
+            if self.training:
+                self.queue.enqueue(t_aug)
+                self.queue.enqueue(t)
+            if int(self.steps_done) >= self.cfg.method.nn_warmup_steps:
+                nn_t = Gathered(nn_t, with_grad=False, gather=gather).all
+                nn_ta = Gathered(nn_ta, with_grad=False, gather=gather).all
+                loss = sum(0.5 * (self.nn_loss(i, nn_t, offset, scale) + self.nn_loss(i, nn_ta, offset, scale))
+                           for i in (i1, i2)) / 2
+                losses["nn"] = w["nn"] * loss
+                metrics["nn_raw"] = loss.item()
+        return losses, metrics

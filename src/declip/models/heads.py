@@ -1,0 +1,37 @@
+"""Heads that exist only for training: SimSiam's projector/predictor and the MLM vocabulary head."""
+from __future__ import annotations
+
+import torch.nn as nn
+
+
+class SimSiamProjector(nn.Module):
+    """feature_dim -> d -> d -> d; Linear+BN+ReLU, Linear+BN+ReLU, Linear+BN (reference: d = 1024)."""
+
+    def __init__(self, in_dim: int, dim: int = 1024):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
+            nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
+            nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class SimSiamPredictor(nn.Module):
+    """d -> h -> d bottleneck; BN+ReLU on the hidden layer only (reference: 1024 -> 512 -> 1024)."""
+
+    def __init__(self, dim: int = 1024, hidden: int = 512):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, dim),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class MLMHead(nn.Linear):
+    """Linear(width, vocab) over ln_final token features; applied only at masked positions."""

@@ -1,0 +1,71 @@
+"""Image and text towers: open_clip's own modules, configured the DeCLIP way.
+
+We build an ``open_clip.model.CustomTextCLIP`` so the trained towers ARE an open_clip model: export is a
+config dump plus a state dict, and open_clip's zero-shot helpers work on it unchanged. The DeCLIP twists:
+the vocabulary gets one extra id for the MLM mask token (OpenAI's SOT/EOT ids stay, so OpenAI/OpenCLIP text
+weights remain usable), text pooling happens at the EOT id (the default argmax-of-ids would pick the mask
+token, whose id is larger), the text projection is a Linear with bias, and the ViT patch embedding is frozen.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from open_clip.model import CustomTextCLIP
+
+from ..config import ModelConfig
+from ..data.tokenizer import EOT_ID
+
+LOGIT_SCALE_INIT = math.log(1 / 0.07)
+LOGIT_SCALE_MIN, LOGIT_SCALE_MAX = 3.0, 6.0  # log space: effective scale in [20.1, 100] (reference clamp)
+
+
+def open_clip_model_cfg(cfg: ModelConfig) -> dict:
+    """The open_clip ``model_cfg`` dict that rebuilds exactly these towers (also written by export)."""
+    v, t = cfg.vision, cfg.text
+    vision = {"image_size": v.image_size, "width": v.width, "head_width": v.head_width}
+    if v.kind == "vit":
+        vision.update(layers=v.layers, patch_size=v.patch_size)
+    else:
+        vision.update(layers=list(v.layers))
+    text = {
+        "context_length": t.context_length, "vocab_size": t.vocab_size, "width": t.width, "heads": t.heads,
+        "layers": t.layers, "pool_type": "eos", "eos_id": EOT_ID, "proj_bias": True,
+    }
+    return {"embed_dim": cfg.embed_dim, "quick_gelu": cfg.quick_gelu, "vision_cfg": vision, "text_cfg": text,
+            "custom_text": True}
+
+
+def build_clip(cfg: ModelConfig) -> CustomTextCLIP:
+    mc = open_clip_model_cfg(cfg)
+    model = CustomTextCLIP(embed_dim=mc["embed_dim"], vision_cfg=mc["vision_cfg"], text_cfg=mc["text_cfg"],
+                           quick_gelu=mc["quick_gelu"], init_logit_scale=LOGIT_SCALE_INIT)
+    if cfg.vision.kind == "vit":
+        nn.init.normal_(model.visual.positional_embedding, std=0.01)  # reference init
+        if cfg.vision.freeze_conv1:
+            model.visual.conv1.requires_grad_(False)
+    return model
+
+
+def encode_text_with_tokens(clip: CustomTextCLIP, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One text forward giving both the pooled (projected, EOT) feature and the per-token features after
+    ln_final, which the MLM head reads. Attention stays causal, as in the reference."""
+    text = clip.text
+    previous = text.output_tokens
+    text.output_tokens = True
+    try:
+        pooled, tokens = text(ids)
+    finally:
+        text.output_tokens = previous
+    return pooled, tokens
+
+
+@torch.no_grad()
+def clamp_logit_scale(clip: CustomTextCLIP) -> None:
+    clip.logit_scale.clamp_(LOGIT_SCALE_MIN, LOGIT_SCALE_MAX)
+
+
+def logit_scale_value(clip: CustomTextCLIP) -> torch.Tensor:
+    """exp(logit_scale) capped at 100, as in the reference."""
+    return clip.logit_scale.exp().clamp(max=100.0)

@@ -1,0 +1,285 @@
+"""Tests for declip.data.eda (EDA caption augmentation with the offline WordNet table)."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import random
+import time
+from collections import Counter
+from importlib import resources
+
+import pytest
+
+from declip.data.eda import (
+    ALL_OPS,
+    EDA,
+    EDAResourceError,
+    SynonymTable,
+    clean_caption,
+    load_stopwords,
+)
+
+CAPTIONS = [
+    "A man riding a horse on a sandy beach.",
+    "Two dogs playing with a red ball in the park",
+    "a close up of a plate of food with broccoli and carrots",
+    "A black car parked next to a tall building at night",
+    "people walking down a busy city street in the rain",
+    "a cat sleeping on top of a wooden table",
+    "the big brown bear stands near the river bank",
+    "A young girl holding an umbrella while walking her small dog",
+    "kitchen with white cabinets and a large window",
+    "an airplane flying high over snowy mountains",
+]
+
+# Tiny controlled table: every content word has exactly one made-up synonym.
+TOY_WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau upsilon".split()
+TOY_TABLE = SynonymTable({w: [w + "syn", "multi " + w] for w in TOY_WORDS} | {"the": ["zzthe"], "a": ["zza"]})
+TOY_STOP = frozenset({"the", "a", "of"})
+TOY_CAPTION = " ".join(TOY_WORDS)
+
+
+@pytest.fixture(scope="module")
+def table() -> SynonymTable:
+    return SynonymTable.load()
+
+
+@pytest.fixture(scope="module")
+def stopwords() -> frozenset:
+    return load_stopwords()
+
+
+def is_subsequence(small: list[str], big: list[str]) -> bool:
+    it = iter(big)
+    return all(any(w == b for b in it) for w in small)
+
+
+# --- resources -----------------------------------------------------------------------
+
+def test_packaged_table_loads_with_known_wordnet_facts(table):
+    assert len(table) > 50_000
+    assert "automobile" in table.synonyms("car")
+    assert "large" in table.synonyms("big")
+    assert "cable car" in table.synonyms("car")  # multi-word synonyms are kept
+    for syns in (table.synonyms("car"), table.synonyms("dog"), table.synonyms("big")):
+        assert list(syns) == sorted(set(syns))
+        assert all(s and set(s) <= set("abcdefghijklmnopqrstuvwxyz ") for s in syns)
+    assert "car" not in table.synonyms("car")
+    assert table.synonyms("qwertyzzz") == ()
+    assert SynonymTable.load() is table  # cached per process
+
+
+def test_inflected_forms_fall_back_to_wordnet_base(table):
+    assert {"car", "automobile"} <= set(table.synonyms("cars"))
+    assert "dogs" not in table.synonyms("dogs")
+
+
+def test_fresh_load_is_fast(tmp_path):
+    copy = tmp_path / "table.tsv.gz"
+    copy.write_bytes((resources.files("declip.data") / "assets" / "wordnet_synonyms.tsv.gz").read_bytes())
+    start = time.perf_counter()
+    fresh = SynonymTable.load(copy)
+    assert time.perf_counter() - start < 1.0
+    assert len(fresh) > 50_000
+
+
+def test_missing_table_names_path_and_fix(tmp_path):
+    missing = tmp_path / "nope" / "syn.tsv.gz"
+    with pytest.raises(EDAResourceError) as err:
+        SynonymTable.load(missing)
+    assert str(missing) in str(err.value)
+    assert "build_synonym_table.py" in str(err.value)
+
+
+@pytest.mark.parametrize("payload", [b"not gzip at all", gzip.compress(b"car\n"), gzip.compress(b""),
+                                     gzip.compress(b"car\tauto")[:-6]])
+def test_corrupt_table_raises(tmp_path, payload):
+    bad = tmp_path / "bad.tsv.gz"
+    bad.write_bytes(payload)
+    with pytest.raises(EDAResourceError, match="bad.tsv.gz"):
+        SynonymTable.load(bad)
+
+
+def test_stopwords(stopwords, tmp_path):
+    assert 150 <= len(stopwords) <= 200
+    assert {"i", "me", "my", "the", "a", "an", "of", "and", "dont"} <= stopwords
+    assert "car" not in stopwords and "" not in stopwords
+    with pytest.raises(EDAResourceError, match="missing.txt"):
+        load_stopwords(tmp_path / "missing.txt")
+
+
+# --- cleaning and edge cases ---------------------------------------------------------
+
+def test_clean_caption():
+    assert clean_caption("  A Man's DOG, riding-on 2 red\tcars!! ") == "a mans dog riding on red cars"
+    assert clean_caption("") == "" and clean_caption("!!! 42 ...") == ""
+
+
+@pytest.mark.parametrize("ops", [(op,) for op in ALL_OPS] + [ALL_OPS])
+def test_edge_cases(ops, table, stopwords):
+    eda = EDA(table, stopwords, ops=ops)
+    for seed in range(20):
+        rng = random.Random(seed)
+        assert eda("", rng) == ""
+        assert eda("   ?!, 123 ", rng) == ""
+        one = eda("Horse!", rng)
+        if ops in (("swap",), ("delete",)):
+            assert one == "horse"
+        else:
+            assert one  # a synonym of horse, or horse plus an inserted synonym
+        out = eda("The CAT, on the Mat.", rng)
+        assert out and out == out.lower() and set(out) <= set("abcdefghijklmnopqrstuvwxyz ")
+
+
+def test_only_stopwords_unchanged_by_synonym_and_insert():
+    eda = EDA(TOY_TABLE, TOY_STOP, ops=("synonym", "insert"))
+    for seed in range(30):
+        assert eda("The a of THE", random.Random(seed)) == "the a of the"
+
+
+# --- determinism --------------------------------------------------------------------
+
+def test_deterministic_and_seed_dependent_and_global_random_untouched(table, stopwords):
+    eda = EDA(table, stopwords, ops=ALL_OPS)
+    random.seed(1234)
+    before = random.getstate()
+    run = lambda seed: [eda(c, random.Random(seed)) for c in CAPTIONS]  # noqa: E731
+    assert run(0) == run(0)
+    assert run(0) != run(1)
+    shared = random.Random(7)
+    a = [eda(c, shared) for c in CAPTIONS]
+    shared = random.Random(7)
+    assert a == [eda(c, shared) for c in CAPTIONS]
+    assert random.getstate() == before
+
+
+def test_requires_explicit_rng(table, stopwords):
+    with pytest.raises(TypeError):
+        EDA(table, stopwords)("a dog", None)
+
+
+# --- per-op invariants -------------------------------------------------------------
+
+def test_swap_keeps_multiset(table, stopwords):
+    eda = EDA(table, stopwords, ops=("swap",), n_swap=1)
+    changed = 0
+    for seed in range(200):
+        cap = CAPTIONS[seed % len(CAPTIONS)]
+        src = clean_caption(cap).split()
+        out = eda(cap, random.Random(seed)).split()
+        assert Counter(out) == Counter(src)
+        assert sum(a != b for a, b in zip(out, src)) in (0, 2)  # exactly one swap
+        changed += out != src
+    assert changed > 150  # only equal-word swaps leave it unchanged
+
+
+def test_delete_is_ordered_nonempty_subset(table, stopwords):
+    eda = EDA(table, stopwords, ops=("delete",), p_delete=0.1)
+    lengths = []
+    for seed in range(300):
+        cap = CAPTIONS[seed % len(CAPTIONS)]
+        src = clean_caption(cap).split()
+        out = eda(cap, random.Random(seed)).split()
+        assert out and is_subsequence(out, src)
+        lengths.append(len(src) - len(out))
+    mean_deleted = sum(lengths) / len(lengths)
+    assert 0.4 < mean_deleted < 1.6  # ~0.1 * ~10 words
+    wipe = EDA(table, stopwords, ops=("delete",), p_delete=1.0)
+    for seed in range(20):
+        out = wipe(TOY_CAPTION, random.Random(seed)).split()
+        assert len(out) == 1 and out[0] in TOY_WORDS
+    assert EDA(table, stopwords, ops=("delete",), p_delete=0.0)(CAPTIONS[0], random.Random(0)) == clean_caption(CAPTIONS[0])
+
+
+def _replaced_types(src: list[str], out_text: str, table: SynonymTable) -> str:
+    """Check that ``out_text`` is ``src`` with every occurrence of one word type replaced; return it."""
+    for word in set(src):
+        for syn in table.synonyms(word):
+            if " ".join(syn if w == word else w for w in src) == out_text and syn != word:
+                return word
+    raise AssertionError(f"{out_text!r} is not {src!r} with one word type replaced by a table synonym")
+
+
+def test_synonym_replaces_one_type_everywhere(table, stopwords):
+    eda = EDA(table, stopwords, ops=("synonym",))
+    replaced = Counter()
+    for seed in range(200):
+        cap = CAPTIONS[seed % len(CAPTIONS)] + " and another horse dog car"
+        src = clean_caption(cap).split()
+        word = _replaced_types(src, eda(cap, random.Random(seed)), table)
+        assert word not in stopwords
+        replaced[word] += 1
+    assert len(replaced) > 10  # the rng varies which word is replaced
+
+
+def test_synonym_toy_table_all_occurrences_and_stopwords_kept():
+    eda = EDA(TOY_TABLE, TOY_STOP, ops=("synonym",))
+    for seed in range(100):
+        out = eda("the alpha a beta the alpha of alpha", random.Random(seed))
+        assert out in {
+            "the alphasyn a beta the alphasyn of alphasyn", "the multi alpha a beta the multi alpha of multi alpha",
+            "the alpha a betasyn the alpha of alpha", "the alpha a multi beta the alpha of alpha",
+        }
+    single = SynonymTable({w: [w + "syn"] for w in TOY_WORDS})
+    for seed in range(20):
+        two = EDA(single, TOY_STOP, ops=("synonym",), n_synonym=2)("alpha beta gamma", random.Random(seed)).split()
+        assert len(two) == 3 and sum(w in TOY_WORDS for w in two) == 1
+
+
+def test_insert_adds_a_synonym_and_keeps_the_rest(table, stopwords):
+    eda = EDA(table, stopwords, ops=("insert",), n_insert=1)
+    for seed in range(100):
+        cap = CAPTIONS[seed % len(CAPTIONS)]
+        src = clean_caption(cap).split()
+        out = eda(cap, random.Random(seed)).split()
+        assert len(out) > len(src) and is_subsequence(src, out)
+    two = EDA(TOY_TABLE, TOY_STOP, ops=("insert",), n_insert=2)("alpha the beta", random.Random(3)).split()
+    assert len(two) >= 5 and is_subsequence(["alpha", "the", "beta"], two)
+    assert "zzthe" not in two and "zza" not in two
+
+
+# --- configuration and op choice ------------------------------------------------------
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="shuffle"):
+        EDA(TOY_TABLE, TOY_STOP, ops=("swap", "shuffle"))
+    with pytest.raises(ValueError):
+        EDA(TOY_TABLE, TOY_STOP, ops=())
+    with pytest.raises(ValueError):
+        EDA(TOY_TABLE, TOY_STOP, p_delete=1.5)
+    with pytest.raises(ValueError):
+        EDA(TOY_TABLE, TOY_STOP, n_swap=-1)
+
+
+def _classify(src: list[str], out: list[str]) -> str:
+    if len(out) > len(src):
+        return "insert"
+    if len(out) < len(src):
+        return "delete"
+    if Counter(out) == Counter(src):
+        return "swap"
+    return "synonym"
+
+
+@pytest.mark.parametrize("ops", [("synonym", "swap", "delete"), ALL_OPS])
+def test_op_choice_is_uniform(ops):
+    # Distinct words, single-token synonyms, p_delete=0.5 over 20 words: every op is identifiable.
+    table = SynonymTable({w: [w + "syn"] for w in TOY_WORDS})
+    eda = EDA(table, TOY_STOP, ops=ops, p_delete=0.5)
+    rng = random.Random(0)
+    n = 1000 * len(ops)
+    counts = Counter(_classify(TOY_WORDS, eda(TOY_CAPTION, rng).split()) for _ in range(n))
+    assert set(counts) == set(ops)
+    assert all(850 < counts[op] < 1150 for op in ops), counts
+
+
+def test_default_construction_and_pickling():
+    eda = EDA()
+    assert eda.ops == ("synonym", "swap", "delete")
+    out = eda(CAPTIONS[0], random.Random(0))
+    assert out
+    blob = pickle.dumps(eda)
+    assert len(blob) < 10_000  # the packaged table is reloaded in the worker, not shipped
+    clone = pickle.loads(blob)
+    assert clone(CAPTIONS[0], random.Random(0)) == out
