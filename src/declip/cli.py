@@ -11,7 +11,9 @@ from .config import ConfigError, load_config
 def cmd_train(args) -> int:
     from .train.trainer import train
 
-    cfg = load_config(args.config, args.overrides)
+    from .config import demo_config_path
+
+    cfg = load_config(args.config or demo_config_path(), args.overrides)
     summary = train(cfg, resume=args.resume)
     ev = summary.get("eval", {})
     if "builtin/top1" in ev:
@@ -46,6 +48,22 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export_open_clip
+
+    out = export_open_clip(args.checkpoint, args.out_dir)
+    print(f"open_clip model written to {out}; load it with "
+          f"open_clip.create_model_and_transforms('local-dir:{out}')")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .plot import plot_run
+
+    print(f"curves: {plot_run(args.run_dir, args.out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="declip", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -64,6 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-images", type=int, default=0)
     e.add_argument("--device", default=None)
     e.set_defaults(func=cmd_eval)
+
+    x = sub.add_parser("export", help="write a checkpoint's towers as an open_clip 'local-dir:' model")
+    x.add_argument("checkpoint", help="a declip checkpoint (ckpt_*.pt or best.pt)")
+    x.add_argument("out_dir", help="folder for open_clip_config.json + open_clip_model.safetensors")
+    x.set_defaults(func=cmd_export)
+
+    pl = sub.add_parser("plot", help="training curves of a run as a PNG")
+    pl.add_argument("run_dir", help="a run directory (train.output_dir) or its metrics.jsonl")
+    pl.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/curves.png)")
+    pl.set_defaults(func=cmd_plot)
+
+    from .data.tools import add_data_parser  # declip data check | shard
+
+    add_data_parser(sub)
     return p
 
 

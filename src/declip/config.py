@@ -63,6 +63,7 @@ class DataConfig:
     csv_separator: str = "\t"
     max_skip_rate: float = 0.05  # stop the run when more than this share of samples is unusable
     pin_memory: bool = True
+    index_dir: str = ""  # where byte-offset indexes go ("" = beside the data file, else ~/.cache/declip/index)
 
 
 @dataclass
@@ -111,8 +112,11 @@ class TrainConfig:
     tensorboard: bool = True
     progress: bool = True
     nonfinite: str = "skip"  # skip | stop
-    compile: bool = False
-    grad_checkpointing: bool = False
+    compile: bool = False  # torch.compile the image and text towers (module.compile(): state_dict keys unchanged)
+    grad_checkpointing: bool = False  # open_clip's activation checkpointing in the transformer towers
+    channels_last: bool = False  # ResNet towers: weights and images in channels_last (faster convs on GPU)
+    sync_bn: bool = False  # SyncBatchNorm across ranks (ResNet tower + SimSiam heads); CUDA only
+    dist_timeout_s: int = 3600  # process-group timeout: must outlast rank 0's evaluation while others wait
 
 
 @dataclass
@@ -124,6 +128,7 @@ class EvalConfig:
     batch_size: int = 128
     num_workers: int = 2
     max_images: int = 0  # 0 = all
+    imagenet_templates: int = 80  # the first N of OpenAI's 80 prompt templates (80 = the published protocol)
 
 
 @dataclass
@@ -200,8 +205,8 @@ def parse_override(item: str) -> tuple[str, Any]:
     key, raw = item.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"command line: {key}: cannot parse value {raw!r}: {e}") from None
+    except yaml.YAMLError:
+        value = raw  # not YAML (e.g. a bare ","): keep the text; the type check still applies
     return key.strip(), value
 
 
@@ -351,6 +356,8 @@ def validate(cfg: Config, sources: dict[str, str] | None = None) -> None:
     d = cfg.data
     check(d.num_workers >= 0, "data.num_workers", "must be >= 0")
     check(0.0 <= d.max_skip_rate <= 1.0, "data.max_skip_rate", "must be in [0, 1]")
+    check(len(d.csv_separator) == 1 or d.csv_separator == "\\t", "data.csv_separator",
+          "must be one character (a tab, ',', ...; the two characters \\t also mean a tab)")
     check(d.builtin_size > 0, "data.builtin_size", "must be > 0")
     if d.source in ("manifest", "csv", "webdataset"):
         check(bool(d.path), "data.path", f"data.source={d.source} needs a path")
@@ -387,11 +394,18 @@ def validate(cfg: Config, sources: dict[str, str] | None = None) -> None:
     check(tr.log_every > 0, "train.log_every", "must be > 0")
     check(tr.ckpt_every >= 0, "train.ckpt_every", "must be >= 0")
     check(tr.keep_last >= 1, "train.keep_last", "must be >= 1")
+    check(tr.dist_timeout_s >= 60, "train.dist_timeout_s", "must be >= 60 seconds")
     check(bool(tr.output_dir), "train.output_dir", "must not be empty")
     check(cfg.eval.every >= 0, "eval.every", "must be >= 0")
     check(cfg.eval.batch_size > 0, "eval.batch_size", "must be > 0")
+    check(1 <= cfg.eval.imagenet_templates <= 80, "eval.imagenet_templates", "must be in [1, 80]")
     check(bool(cfg.eval.val_manifest) == bool(cfg.eval.val_root), "eval.val_root",
           "eval.val_manifest and eval.val_root go together")
+
+
+def demo_config_path() -> Path:
+    """The built-in demo (DeCLIP, tiny towers, generated data): what ``declip train`` runs without --config."""
+    return Path(__file__).parent / "configs" / "demo.yaml"
 
 
 def dump_config(cfg: Config) -> str:

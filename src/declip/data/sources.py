@@ -9,6 +9,13 @@ from __future__ import annotations
 from ..config import DataConfig
 from .builtin import BuiltinPairs
 
+# The one list of reasons a sample is skipped (file sources raise them via declip.data.decode):
+#   missing_file      image file (or a shard's image member) absent or unreadable
+#   empty_file        zero bytes
+#   corrupt_image     not decodable: unknown format, truncated, garbage, absurd size
+#   empty_caption     caption empty or whitespace only
+#   non_latin_caption no Latin letter at all (CJK-only, emoji, digits): unusable for the CLIP BPE + English EDA
+#   bad_line          record unparseable: malformed JSON / CSV row, missing key, wrong type
 SKIP_REASONS = (
     "missing_file", "empty_file", "corrupt_image", "empty_caption", "non_latin_caption", "bad_line",
 )
@@ -21,7 +28,28 @@ class BadSample(Exception):
         self.reason, self.detail = reason, detail
 
 
-def build_source(cfg: DataConfig):
+def build_source(cfg: DataConfig, image_size: int | None = None):
+    """The configured source. ``image_size`` (the model's input side) lets file sources decode large JPEGs
+    at reduced scale; ``None`` decodes at full size.
+
+    Index order (what sample ``i`` is): builtin - generated pair ``i``; manifest - line ``i + 1``;
+    csv - data row ``i + 1`` after the header; webdataset - shards in pattern order, tar order inside each.
+    The same pairs written in the same order in any format give identical ``load(i)`` results.
+    """
+    index_dir = cfg.index_dir or None
     if cfg.source == "builtin":
         return BuiltinPairs(cfg.builtin_size)
-    raise NotImplementedError(f"data.source={cfg.source!r} is not available in this build")
+    if cfg.source == "manifest":
+        from .manifest import ManifestSource
+
+        return ManifestSource(cfg.path, cfg.root, image_size, index_dir)
+    if cfg.source == "csv":
+        from .csv_source import CsvSource
+
+        sep = "\t" if cfg.csv_separator == "\\t" else cfg.csv_separator
+        return CsvSource(cfg.path, cfg.root, cfg.csv_image_key, cfg.csv_caption_key, sep, image_size, index_dir)
+    if cfg.source == "webdataset":
+        from .shards import ShardSource
+
+        return ShardSource(cfg.path, image_size, index_dir)
+    raise ValueError(f"data.source={cfg.source!r}: expected builtin, manifest, csv or webdataset")

@@ -128,8 +128,9 @@ def run_zero_shot(clip, cfg: Config, device) -> dict[str, float]:
         out.update({f"builtin/{k}": v for k, v in res.items()})
     if ev.val_manifest:
         ds = ImageNetVal(ev.val_manifest, ev.val_root, transform, ev.max_images)
-        res = zero_shot_accuracy(clip, ds, IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, device,
-                                 ev.batch_size, ev.num_workers, ctx)
+        templates = OPENAI_IMAGENET_TEMPLATES[: ev.imagenet_templates]
+        res = zero_shot_accuracy(clip, ds, IMAGENET_CLASSNAMES, templates, device, ev.batch_size,
+                                 ev.num_workers, ctx)
         res["bad_lines"] = len(ds.bad_lines)
         out.update({f"imagenet/{k}": v for k, v in res.items()})
     return out

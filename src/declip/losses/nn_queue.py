@@ -27,8 +27,11 @@ class NearestNeighborQueue(nn.Module):
 
     @torch.no_grad()
     def enqueue(self, x: torch.Tensor) -> None:
-        x = F.normalize(x.detach().to(self.bank.dtype), dim=1)
+        x = x.detach().to(self.bank.dtype)
+        x = F.normalize(x[torch.isfinite(x).all(dim=1)], dim=1)  # a NaN step must not poison the bank
         n, size = x.shape[0], self.bank.shape[0]
+        if n == 0:
+            return
         if n >= size:
             x, n = x[-size:], size
         start = int(self.ptr)

@@ -1,8 +1,19 @@
 """Checkpoints that survive crashes: written to a temporary file, fsynced, then renamed into place.
 
 A checkpoint holds everything a run needs to continue exactly: the method's state (towers, heads, DeCLIP's
-queue), optimizer, gradient scaler, step, data position, every rank's RNG states and the resolved config.
-Loading uses ``torch.load(weights_only=True)``: tensors and plain containers only, no arbitrary pickle.
+queue and step counter, BatchNorm statistics: all registered buffers), optimizer, gradient scaler, step, data
+position (samples consumed per rank: the sampler and the per-sample seeds rebuild the stream from it), every
+rank's RNG states and the resolved config. There is no scheduler state to save: the learning rate is a pure
+function of the step (``optim.lr_at``), so restoring the step restores the schedule.
+
+Files in a run directory: ``ckpt_<step>.pt`` (the newest ``train.keep_last`` are kept; ``--resume latest``
+picks the newest) and ``best.pt`` (the payload at the eval with the best zero-shot top-1 so far; never
+pruned, never picked by ``latest``). Hidden ``.*.tmp.*`` files are writes in progress, or writes a crash cut
+short: nothing ever loads them, and the next save removes them.
+
+Loading uses ``torch.load(weights_only=True)``: tensors and plain containers only, no arbitrary pickle, so
+everything in a payload must be a tensor, a number, a string, None or a list/tuple/dict of those (Python's
+``random.getstate()`` is such a tuple).
 """
 from __future__ import annotations
 
@@ -14,6 +25,8 @@ from pathlib import Path
 import torch
 
 CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
+TMP_RE = re.compile(r"^\..+\.pt\.tmp\.(\d+)$")
+BEST_NAME = "best.pt"
 
 
 def atomic_torch_save(obj, path: Path) -> None:
@@ -44,11 +57,13 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+    """Inverse of :func:`rng_state`. The generator states must be CPU byte tensors, whatever map_location
+    the checkpoint was loaded with (a GPU run loads its payload onto the GPU)."""
+    torch.set_rng_state(state["torch"].cpu())
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"].cpu())
 
 
 def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
@@ -70,17 +85,37 @@ def assert_finite(state_dict: dict) -> None:
         raise RuntimeError(f"refusing to write a checkpoint with non-finite weights: {bad[:5]}")
 
 
+def remove_stale_tmp(directory: Path) -> None:
+    """Delete temporary files left by a writer that was killed mid-write (SIGKILL skips the cleanup)."""
+    for p in Path(directory).glob(".*.pt.tmp.*"):
+        if (m := TMP_RE.match(p.name)) and int(m.group(1)) != os.getpid():
+            p.unlink(missing_ok=True)
+
+
 def save_checkpoint(directory: Path, step: int, payload: dict, keep_last: int) -> Path:
     assert_finite(payload["model"])
+    remove_stale_tmp(directory)
     path = checkpoint_path(directory, step)
     atomic_torch_save(payload, path)
     for _, old in list_checkpoints(directory)[:-keep_last]:
-        old.unlink(missing_ok=True)
+        if old != path:  # a run restarted from an older checkpoint: never prune what was just written
+            old.unlink(missing_ok=True)
+    return path
+
+
+def save_best(directory: Path, payload: dict) -> Path:
+    """``best.pt``: a full payload (it resumes like any checkpoint), replaced atomically on each improvement."""
+    assert_finite(payload["model"])
+    path = Path(directory) / BEST_NAME
+    atomic_torch_save(payload, path)
     return path
 
 
 def resolve_resume(spec: str, directory: Path) -> Path | None:
-    """``latest`` -> newest checkpoint in the run directory (None if there is none); otherwise a path."""
+    """``latest`` -> newest ``ckpt_*.pt`` in the run directory (None if there is none); ``best`` -> its
+    ``best.pt``; otherwise a path."""
+    if spec == "best":
+        spec = str(Path(directory) / BEST_NAME)
     if spec == "latest":
         found = list_checkpoints(directory)
         return found[-1][1] if found else None

@@ -1,15 +1,32 @@
 """Process-group helpers that also work without one, so every method runs unchanged on 1 CPU or 64 GPUs.
 
-Launch sources, in order: torchrun's RANK/WORLD_SIZE/LOCAL_RANK, then SLURM's SLURM_PROCID/SLURM_NTASKS/
-SLURM_LOCALID (with MASTER_ADDR/MASTER_PORT taken from the environment).
+Launch sources, in order:
+- torchrun (single node, or multi-node with --nnodes/--node_rank or a c10d rendezvous): RANK, WORLD_SIZE,
+  LOCAL_RANK, MASTER_ADDR and MASTER_PORT all come from torchrun.
+- SLURM, one task per device (``srun python -m declip.cli train ...``): SLURM_PROCID, SLURM_NTASKS,
+  SLURM_LOCALID. SLURM does not name a rendezvous host, so MASTER_ADDR is taken from the environment, or
+  else the first host of the job's node list (``scontrol show hostnames``), or 127.0.0.1 on a one-node job;
+  MASTER_PORT defaults to a port derived from SLURM_JOB_ID so two jobs sharing a node do not collide.
+
+Backend: NCCL on CUDA, gloo on the CPU. The group's timeout (``train.dist_timeout_s``) must outlast the
+longest wait at a barrier: rank 0 evaluates alone while the other ranks wait, and NCCL's 10-minute default
+would abort a run during a long ImageNet evaluation.
 """
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+
+# torch 2.14 renamed the single-tensor collectives; the old names remain (deprecated) back to torch 2.4
+_all_gather_single = getattr(dist, "all_gather_single", None) or getattr(dist, "all_gather_into_tensor", None)
+_reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or getattr(dist, "reduce_scatter_tensor", None)
 
 
 @dataclass(frozen=True)
@@ -23,8 +40,12 @@ class DistInfo:
         return self.rank == 0
 
 
-def env_dist_info() -> DistInfo:
-    env = os.environ
+class LaunchError(RuntimeError):
+    """The launch environment does not say how to reach the other processes."""
+
+
+def env_dist_info(env: dict | None = None) -> DistInfo:
+    env = os.environ if env is None else env
     if "RANK" in env and "WORLD_SIZE" in env:
         return DistInfo(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and int(env["SLURM_NTASKS"]) > 1:
@@ -32,16 +53,65 @@ def env_dist_info() -> DistInfo:
     return DistInfo()
 
 
-def init_distributed(device_type: str) -> DistInfo:
+def slurm_first_host(nodelist: str) -> str | None:
+    """First host of a SLURM node list (``node[03-05,09]`` -> ``node03``) via ``scontrol``; None without it."""
+    scontrol = shutil.which("scontrol")
+    if scontrol is None or not nodelist:
+        return None
+    try:
+        out = subprocess.run([scontrol, "show", "hostnames", nodelist], capture_output=True, text=True,
+                             timeout=60, check=True).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out[0] if out else None
+
+
+def rendezvous_env(env: dict | None = None) -> tuple[str, str]:
+    """(MASTER_ADDR, MASTER_PORT) for this launch, written back into ``env`` (os.environ by default)."""
+    env = os.environ if env is None else env
+    slurm = "RANK" not in env and "SLURM_PROCID" in env
+    if "MASTER_ADDR" not in env:
+        nnodes = int(env.get("SLURM_NNODES", env.get("SLURM_JOB_NUM_NODES", "1"))) if slurm else 1
+        if nnodes <= 1:
+            addr = "127.0.0.1"
+        else:
+            nodelist = (env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
+                        or env.get("SLURM_NODELIST", ""))
+            addr = slurm_first_host(nodelist)
+            if addr is None:
+                raise LaunchError(
+                    f"SLURM launch over {nnodes} nodes: MASTER_ADDR is not set and the first host of "
+                    f"SLURM_NODELIST={nodelist!r} could not be found with `scontrol show hostnames`; export "
+                    "MASTER_ADDR (the first node's address) in the sbatch script, e.g. "
+                    "MASTER_ADDR=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1)")
+        env["MASTER_ADDR"] = addr
+    if "MASTER_PORT" not in env:
+        job = env.get("SLURM_JOB_ID", "") if slurm else ""
+        env["MASTER_PORT"] = str(20000 + int(job) % 20000) if job.isdigit() else "29500"
+    return env["MASTER_ADDR"], env["MASTER_PORT"]
+
+
+def cuda_index(local_rank: int) -> int:
+    """The CUDA device of this process. With one visible device per task (SLURM --gpus-per-task=1, or
+    CUDA_VISIBLE_DEVICES set per process) it is device 0 whatever the local rank."""
+    n = torch.cuda.device_count()
+    if n == 0:
+        raise RuntimeError("train.device=cuda but no CUDA device is available")
+    return local_rank % n
+
+
+def init_distributed(device_type: str, timeout_s: float = 3600.0) -> DistInfo:
     """Initialise the default process group when launched with several processes; no-op otherwise."""
     info = env_dist_info()
     if info.world_size > 1 and not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29500")
-        backend = "nccl" if device_type == "cuda" else "gloo"
+        rendezvous_env()
+        kwargs = {}
         if device_type == "cuda":
-            torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
+            index = cuda_index(info.local_rank)
+            torch.cuda.set_device(index)
+            kwargs["device_id"] = torch.device("cuda", index)  # barriers know their device, no guessing
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", rank=info.rank,
+                                world_size=info.world_size, timeout=timedelta(seconds=timeout_s), **kwargs)
     return info
 
 
@@ -67,23 +137,52 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums the gathered gradient over ranks and returns this rank's slice.
+
+    Every rank's loss reads every rank's features, so the gradient for this rank's rows is the sum of what
+    all ranks' losses send back. Written here (not torch.distributed.nn.functional.all_gather, deprecated
+    in torch 2.14) with public collectives: reduce-scatter on NCCL, all-reduce + slice on gloo, which has
+    no reduce-scatter.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        world = dist.get_world_size()
+        out = x.new_empty((world * x.shape[0], *x.shape[1:]))
+        _all_gather_single(out, x.contiguous())
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        world, rank = dist.get_world_size(), dist.get_rank()
+        grad = grad.contiguous()
+        n = grad.shape[0] // world
+        if dist.get_backend() == dist.Backend.NCCL:
+            mine = grad.new_empty((n, *grad.shape[1:]))
+            _reduce_scatter_single(mine, grad)
+            return mine
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad[rank * n:(rank + 1) * n]
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` from all ranks along dim 0; the backward sums every rank's gradient for this
-    rank's slice (torch.distributed.nn's all_gather), which makes per-rank losses add up to the global loss."""
+    """Concatenate ``x`` from all ranks along dim 0 (equal shapes on every rank), differentiably: the
+    backward sums every rank's gradient for this rank's slice, which with DDP's gradient averaging makes
+    the mean of the per-rank losses train exactly like the single-process loss on the whole batch."""
     if not is_dist() or get_world_size() == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    return _GatherWithGrad.apply(x)
 
 
 @torch.no_grad()
 def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     if not is_dist() or get_world_size() == 1:
         return x
-    out = [torch.empty_like(x) for _ in range(get_world_size())]
-    dist.all_gather(out, x.contiguous())
-    return torch.cat(out, dim=0)
+    out = x.new_empty((get_world_size() * x.shape[0], *x.shape[1:]))
+    _all_gather_single(out, x.contiguous())
+    return out
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,19 +20,72 @@ def setup_logging(output_dir: Path | None, is_main: bool) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", handlers=handlers, force=True)
 
 
+def _parse_lines(path: Path) -> list[dict]:
+    """Records of a metrics file; a line cut short by a kill (the last one, typically) is dropped."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and "step" in rec:
+                records.append(rec)
+    return records
+
+
+def read_metrics(path: Path | str) -> list[dict]:
+    """All records of a ``metrics.jsonl`` (a file or its run directory), one per (kind, step): the LAST one
+    written wins, so a run resumed behind its last logged step reads as one clean history."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    latest: dict[tuple[str, int], dict] = {}
+    for rec in _parse_lines(path):
+        key = (rec.get("kind", "train"), int(rec["step"]))
+        latest.pop(key, None)  # re-insert: order follows the last write
+        latest[key] = rec
+    return sorted(latest.values(), key=lambda r: int(r["step"]))  # stable: same step keeps write order
+
+
+def truncate_metrics(path: Path, after_step: int) -> int:
+    """Drop records with step > ``after_step`` (written by a run that was killed after its last checkpoint;
+    the resumed run writes them again). Atomic rewrite; returns how many records were dropped."""
+    if not path.is_file():
+        return 0
+    records = _parse_lines(path)
+    keep = [r for r in records if int(r["step"]) <= after_step]
+    tmp = path.with_name(f".{path.name}.tmp")  # rewritten even when nothing is dropped: a cut-off last line
+    # without its newline would otherwise swallow the first record appended after it
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
+    os.replace(tmp, path)
+    return len(records) - len(keep)
+
+
 class MetricsWriter:
-    def __init__(self, output_dir: Path, tensorboard: bool = True, enabled: bool = True):
+    """``resume_step``: the step this run starts from (0 for a fresh start); records and TensorBoard events
+    past it, left by an interrupted run (or an earlier run in the same directory), are discarded, so every
+    step appears once in both. None keeps everything (append only)."""
+
+    def __init__(self, output_dir: Path, tensorboard: bool = True, enabled: bool = True,
+                 resume_step: int | None = None):
         self.enabled = enabled
         self.tb = None
         if not enabled:
             return
         output_dir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:
+            dropped = truncate_metrics(output_dir / "metrics.jsonl", resume_step)
+            if dropped:
+                log.info("metrics.jsonl: dropped %d records past step %d, where this run starts (left by an "
+                         "interrupted or earlier run in the same directory)", dropped, resume_step)
         self.jsonl = open(output_dir / "metrics.jsonl", "a", encoding="utf-8")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(output_dir / "tensorboard"))
+                purge = None if resume_step is None else resume_step + 1
+                self.tb = SummaryWriter(str(output_dir / "tensorboard"), purge_step=purge)
             except ImportError:  # tensorboard is a dependency, but a missing one must not stop training
                 log.warning("tensorboard is not installed; scalars go to metrics.jsonl only")
 

@@ -1,0 +1,108 @@
+"""Time a DeCLIP training step against a CLIP step on the same towers and batch, and count their FLOPs.
+
+The claim under test: DeCLIP's extra supervision costs what its arithmetic costs, no more (target: the time
+ratio DeCLIP/CLIP within 10% of the FLOP ratio). Data loading is excluded: batches are built once through the
+real data pipeline and reused, so only forward + backward + AdamW are timed.
+
+    python benchmarks/step_time.py [--preset tiny-vit] [--batch 32] [--steps 20] [--out benchmarks/results/step_time.md]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from declip.config import demo_config_path, load_config
+from declip.data.loader import PairDataset, collate
+from declip.data.sources import build_source
+from declip.methods import build_method
+from declip.train.optim import build_optimizer
+
+
+def make(method: str, preset: str, batch: int, extra: list[str]):
+    cfg = load_config(demo_config_path(), [f"method.name={method}", f"model.preset={preset}",
+                                           f"train.batch_size={batch}", *extra])
+    torch.manual_seed(0)
+    model = build_method(cfg)
+    ds = PairDataset(build_source(cfg.data), model.data_spec(cfg), cfg.model.vision.image_size, seed=0)
+    batches = [collate([ds[(0, i * batch + j)] for j in range(batch)]) for i in range(2)]
+    return model, build_optimizer(model, cfg.optim), batches
+
+
+def step(model, opt, batch):
+    losses, _ = model(batch)
+    sum(losses.values()).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    model.after_step()
+
+
+def measure(method, preset, batch, steps, extra):
+    model, opt, batches = make(method, preset, batch, extra)
+    with FlopCounterMode(display=False) as counter:
+        losses, _ = model(batches[0])
+        sum(losses.values()).backward()
+    flops = counter.get_total_flops()
+    opt.zero_grad(set_to_none=True)
+    for i in range(3):  # warm-up
+        step(model, opt, batches[i % 2])
+    times = []
+    for i in range(steps):
+        t0 = time.perf_counter()
+        step(model, opt, batches[i % 2])
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), flops
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="tiny-vit")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--out", default="")
+    p.add_argument("overrides", nargs="*", help="extra key=value config overrides for both methods")
+    a = p.parse_args()
+    t_clip, f_clip = measure("clip", a.preset, a.batch, a.steps, a.overrides)
+    t_declip, f_declip = measure("declip", a.preset, a.batch, a.steps, a.overrides)
+    time_ratio, flop_ratio = t_declip / t_clip, f_declip / f_clip
+    gap = time_ratio / flop_ratio - 1
+    rows = [
+        f"| method | median step (s) | GFLOP / step (fwd+bwd) | images/s | achieved GFLOP/s |",
+        f"|---|---|---|---|---|",
+        f"| CLIP | {t_clip:.4f} | {f_clip / 1e9:.2f} | {a.batch / t_clip:.1f} | {f_clip / t_clip / 1e9:.1f} |",
+        f"| DeCLIP | {t_declip:.4f} | {f_declip / 1e9:.2f} | {a.batch / t_declip:.1f} | "
+        f"{f_declip / t_declip / 1e9:.1f} |",
+    ]
+    summary = (f"DeCLIP/CLIP time ratio {time_ratio:.3f}, FLOP ratio {flop_ratio:.3f}: time is "
+               f"{100 * gap:+.1f}% vs FLOPs (target within +-10%: {'MET' if abs(gap) <= 0.10 else 'NOT MET'})")
+    cmd = "python " + " ".join([sys.argv[0], *sys.argv[1:]])
+    machine = (f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+               f"{torch.get_num_threads()} threads, preset {a.preset}, batch {a.batch}, {a.steps} timed steps")
+    text = "\n".join([f"## Step time: DeCLIP vs CLIP", "", f"Command: `{cmd}`", "", f"Machine: {machine}", "",
+                      *rows, "", summary, ""])
+    print(text)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        with open(a.out, "a") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

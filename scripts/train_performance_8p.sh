@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Performance mode (train.mode=performance, 1000 steps, no eval/checkpoints; prints FPS = global batch / mean step time over the last 100 steps, and the data-wait share)
+# on 8 devices on this node (NPROC_PER_NODE=N for another count), through torchrun.
+#   scripts/train_performance_8p.sh --config configs/declip_vitb32_yfcc15m.yaml [--resume latest] [key=value ...]
+# DECLIP_DRY_RUN=1 prints the torchrun command instead of running it; see scripts/_launch.sh for the environment.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
+declip_launch performance "${NPROC_PER_NODE:-8}" 1 "$@"

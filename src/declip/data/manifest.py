@@ -1,0 +1,87 @@
+"""The DeCLIP JSON-lines manifest (yfcc15m_clean_open_data.json) plus an image root.
+
+One JSON object per line: ``filename`` (relative to the root), ``caption`` (a string, or a list whose first
+element is used), optional ``url``, ``tag``, ``label``, ``label_name``. The YFCC15M manifest has 15.4M lines
+(3.3 GB), so nothing is parsed up front: a byte-offset index (:mod:`declip.data.offsets`, 8 bytes a line,
+memory-mapped and cached) lets ``load(i)`` read and parse line ``i + 1`` alone.
+
+Index order: sample ``i`` is line ``i + 1`` of the file (blank lines included, reported as ``bad_line``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from .decode import check_caption, load_image
+from .offsets import RecordFile, load_or_build, scan_lines
+from .sources import BadSample
+
+
+class ManifestSource:
+    """Map-style source over a JSON-lines manifest: ``len()``, ``load(i) -> (RGB image, caption)``."""
+
+    def __init__(self, path: str | Path, root: str | Path, image_size: int | None = None,
+                 index_dir: str | None = None):
+        self.path, self.root, self.image_size = Path(path), Path(root), image_size
+        self.index_dir = index_dir
+        if not self.path.is_file():
+            raise FileNotFoundError(f"manifest not found: {self.path}")
+        self._open()
+
+    def _open(self) -> None:
+        self.starts, _ = load_or_build(self.path, "lines", lambda p: (scan_lines(p), 0), self.index_dir)
+        self.file = RecordFile(self.path)
+
+    def __getstate__(self):  # spawned workers re-map the cached index instead of receiving a copy
+        return {k: v for k, v in self.__dict__.items() if k not in ("starts", "file")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._open()
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    def key(self, index: int) -> str:
+        return f"{self.path.name}:{index + 1}"
+
+    def line(self, index: int) -> bytes:
+        if not 0 <= index < len(self):
+            raise IndexError(f"{self.path}: line {index + 1} of {len(self)}")
+        return self.file.read(int(self.starts[index]), int(self.starts[index + 1]))
+
+    def record(self, index: int) -> dict:
+        """Line ``index + 1`` parsed and checked: a dict with ``filename`` and ``caption`` (a str), or
+        :class:`BadSample` ``bad_line`` naming FILE:LINE and what is wrong."""
+        where = f"{self.path}:{index + 1}"
+        raw = self.line(index).rstrip(b"\r\n")
+        try:
+            rec = json.loads(raw)
+        except UnicodeDecodeError as e:
+            raise BadSample("bad_line", f"{where}: not UTF-8 ({e.reason})") from None
+        except json.JSONDecodeError as e:
+            why = "empty line" if not raw.strip() else f"invalid JSON: {e.msg} (column {e.colno})"
+            raise BadSample("bad_line", f"{where}: {why}") from None
+        if not isinstance(rec, dict):
+            raise BadSample("bad_line", f"{where}: expected a JSON object, got {type(rec).__name__}")
+        for k in ("filename", "caption"):
+            if k not in rec:
+                raise BadSample("bad_line", f"{where}: missing key '{k}'")
+        if not isinstance(rec["filename"], str) or not rec["filename"]:
+            raise BadSample("bad_line", f"{where}: 'filename' must be a non-empty string")
+        caption = rec["caption"]
+        if isinstance(caption, list):
+            if not caption:
+                raise BadSample("empty_caption", f"{where}: empty caption list")
+            caption = caption[0]
+        rec["caption"] = check_caption(caption, where)
+        return rec
+
+    def image_path(self, rec: dict) -> Path:
+        return self.root / rec["filename"]
+
+    def load(self, index: int) -> tuple[Image.Image, str]:
+        rec = self.record(index)
+        return load_image(self.image_path(rec), self.image_size), rec["caption"]

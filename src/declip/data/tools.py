@@ -1,0 +1,224 @@
+"""``declip data check`` and ``declip data shard``: validate a manifest before a long run, and convert it to
+webdataset shards.
+
+Both walk the manifest through :class:`~declip.data.manifest.ManifestSource`, so they apply exactly the
+checks training applies (same parsing, caption rules and decoder) and report the same skip reasons. Image
+work runs in a thread pool (PIL releases the GIL while decoding); work is submitted in bounded chunks so a
+15M-line manifest never queues 15M futures.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterator, TextIO
+
+from .sources import SKIP_REASONS, BadSample
+
+CONTEXT_TOKENS = 75  # 77 minus SOT and EOT: longer captions are truncated by the tokenizer
+
+
+def _ordered(fn: Callable, n: int, threads: int, progress: bool, desc: str) -> Iterator:
+    """``fn(i)`` for i in range(n), in order, on ``threads`` threads, with at most a few chunks in flight."""
+    from tqdm import tqdm
+
+    chunk = max(64, 64 * threads)
+    bar = tqdm(total=n, desc=desc, disable=not progress, dynamic_ncols=True, mininterval=1, file=sys.stderr)
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for lo in range(0, n, chunk):
+            for r in pool.map(fn, range(lo, min(n, lo + chunk))):
+                yield r
+                bar.update(1)
+    bar.close()
+
+
+def _where(src, index: int, detail: str) -> str:
+    prefix = f"{src.path}:{index + 1}"
+    return detail if detail.startswith(prefix) else f"{prefix}: {detail}"
+
+
+def _is_long(caption: str) -> bool:
+    if len(caption.encode()) <= CONTEXT_TOKENS:  # every BPE token covers at least one byte
+        return False
+    from .tokenizer import get_tokenizer
+
+    return len(get_tokenizer().encode(caption)) > CONTEXT_TOKENS
+
+
+def check_manifest(path: str, root: str, threads: int = 8, max_examples: int = 5, image_size: int = 224,
+                   progress: bool = True, out: TextIO | None = None) -> dict:
+    """Parse every line, check its caption, and decode its image as training would. Prints a report and
+    returns ``{"lines", "ok", "problems": {reason: count}, "examples": {reason: [...]}, "long_captions"}``."""
+    from .decode import load_image
+    from .manifest import ManifestSource
+
+    out = out or sys.stdout
+    t0 = time.perf_counter()
+    src = ManifestSource(path, root, image_size)
+
+    def one(i: int):
+        try:
+            rec = src.record(i)
+            load_image(src.image_path(rec), image_size)
+            return None, _is_long(rec["caption"])
+        except BadSample as e:
+            return (e.reason, _where(src, i, e.detail)), False
+
+    problems: Counter = Counter()
+    examples: dict[str, list[str]] = {}
+    long_captions = 0
+    for bad, long in _ordered(one, len(src), threads, progress, "check"):
+        long_captions += long
+        if bad:
+            problems[bad[0]] += 1
+            ex = examples.setdefault(bad[0], [])
+            if len(ex) < max_examples:
+                ex.append(bad[1])
+    n, n_bad = len(src), sum(problems.values())
+    print(f"checked {n} lines of {path} (images under {root}) in {time.perf_counter() - t0:.1f} s", file=out)
+    print(f"ok: {n - n_bad}", file=out)
+    if n_bad:
+        print(f"problems: {n_bad} ({100 * n_bad / max(n, 1):.2f}%)", file=out)
+        for reason in SKIP_REASONS:
+            if problems[reason]:
+                print(f"  {reason}: {problems[reason]}", file=out)
+                for e in examples[reason]:
+                    print(f"    {e}", file=out)
+    if long_captions:
+        print(f"note: {long_captions} captions exceed {CONTEXT_TOKENS} BPE tokens and will be truncated "
+              "(not a problem)", file=out)
+    return {"lines": n, "ok": n - n_bad, "problems": dict(problems), "examples": examples,
+            "long_captions": long_captions}
+
+
+def shard_manifest(path: str, root: str, out_dir: str, max_side: int = 256, shard_size: int = 1000,
+                   threads: int = 8, quality: int = 95, progress: bool = True, out: TextIO | None = None) -> dict:
+    """Write ``out_dir/{00000..}.tar`` webdataset shards (key.jpg, key.txt, key.json) from a manifest.
+
+    The key is the 0-based manifest line number (9 digits), so every shard sample traces back to its line.
+    Images are shrunk so the longer side is <= ``max_side`` and re-encoded as JPEG; an RGB JPEG that already
+    fits is copied byte for byte (no second lossy encode). Bad samples are skipped and counted by reason.
+    """
+    import webdataset as wds
+    from PIL import Image
+
+    from .decode import decode_image, read_image_bytes
+    from .manifest import ManifestSource
+
+    out = out or sys.stdout
+    t0 = time.perf_counter()
+    src = ManifestSource(path, root)
+    dest = Path(out_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+
+    def one(i: int):
+        try:
+            rec = src.record(i)
+            data = read_image_bytes(src.image_path(rec))
+            img = decode_image(data, str(src.image_path(rec)), max_side=max_side)
+        except BadSample as e:
+            return None, (e.reason, _where(src, i, e.detail))
+        with Image.open(io.BytesIO(data)) as probe:  # decodable: checked above
+            original = probe.size
+            keep = probe.format == "JPEG" and probe.mode == "RGB" and img.size == probe.size
+        if not keep:
+            buf = io.BytesIO()
+            img.save(buf, "JPEG", quality=quality)
+            data = buf.getvalue()
+        meta = {"key": f"{i:09d}", "caption": rec["caption"], "filename": rec["filename"],
+                "width": img.size[0], "height": img.size[1], "original_width": original[0],
+                "original_height": original[1]}
+        meta.update({k: rec[k] for k in ("url", "tag", "label", "label_name") if k in rec})
+        return {"__key__": meta["key"], "jpg": data, "txt": rec["caption"],
+                "json": json.dumps(meta, ensure_ascii=False).encode()}, None
+
+    skipped: Counter = Counter()
+    examples: dict[str, list[str]] = {}
+    shards: list[Path] = []
+    writer, tmp, in_shard, written = None, None, 0, 0
+
+    def close():
+        if writer is not None:
+            writer.close()
+            tmp.rename(shards[-1])  # a shard appears only once complete
+
+    for sample, bad in _ordered(one, len(src), threads, progress, "shard"):
+        if bad:
+            skipped[bad[0]] += 1
+            if len(examples.setdefault(bad[0], [])) < 5:
+                examples[bad[0]].append(bad[1])
+            continue
+        if writer is None or in_shard == shard_size:
+            close()
+            shards.append(dest / f"{len(shards):05d}.tar")
+            tmp = shards[-1].with_name(shards[-1].name + ".tmp")
+            writer, in_shard = wds.TarWriter(str(tmp)), 0
+        writer.write(sample)
+        in_shard += 1
+        written += 1
+    close()
+    pattern = f"{dest}/{{00000..{len(shards) - 1:05d}}}.tar" if shards else ""
+    stats = {"manifest": str(path), "root": str(root), "samples": written, "shards": len(shards),
+             "pattern": pattern, "max_side": max_side, "skipped": dict(skipped), "examples": examples}
+    (dest / "shard_stats.json").write_text(json.dumps(stats, indent=1))
+    print(f"wrote {written} samples in {len(shards)} shards in {time.perf_counter() - t0:.1f} s: "
+          f"data.source=webdataset data.path='{pattern}'", file=out)
+    if skipped:
+        print(f"skipped {sum(skipped.values())}: " + ", ".join(f"{r} {skipped[r]}" for r in SKIP_REASONS
+                                                                 if skipped[r]), file=out)
+        for reason in SKIP_REASONS:
+            for e in examples.get(reason, [])[:2]:
+                print(f"  {reason}: {e}", file=out)
+    return stats
+
+
+# ----------------------------------------------------------------------------------------------- command line
+def cmd_check(args) -> int:
+    try:
+        report = check_manifest(args.manifest, args.root, args.threads, args.examples, args.image_size,
+                                progress=not args.no_progress)
+    except (FileNotFoundError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 1 if report["problems"] else 0
+
+
+def cmd_shard(args) -> int:
+    try:
+        stats = shard_manifest(args.manifest, args.root, args.out, args.max_side, args.shard_size,
+                               args.threads, args.quality, progress=not args.no_progress)
+    except (FileNotFoundError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0 if stats["samples"] else 1
+
+
+def add_data_parser(sub) -> None:
+    """Register ``declip data check|shard`` on the top-level sub-parsers."""
+    d = sub.add_parser("data", help="check a manifest, or convert it to webdataset shards")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("manifest", help="JSON-lines manifest (filename, caption, ...)")
+        p.add_argument("--root", required=True, help="folder the manifest's filenames are relative to")
+        p.add_argument("--threads", type=int, default=8)
+        p.add_argument("--no-progress", action="store_true")
+
+    c = dsub.add_parser("check", help="validate every line; exit status 1 if any is unusable")
+    common(c)
+    c.add_argument("--examples", type=int, default=5, help="examples shown per problem")
+    c.add_argument("--image-size", type=int, default=224, help="model input side (decode as training does)")
+    c.set_defaults(func=cmd_check)
+
+    s = dsub.add_parser("shard", help="write webdataset shards: key.jpg + key.txt + key.json")
+    common(s)
+    s.add_argument("--out", required=True, help="output folder for 00000.tar, 00001.tar, ...")
+    s.add_argument("--max-side", type=int, default=256, help="shrink so the longer side is at most this")
+    s.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    s.add_argument("--quality", type=int, default=95, help="JPEG quality of re-encoded images")
+    s.set_defaults(func=cmd_shard)

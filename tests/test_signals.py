@@ -1,0 +1,92 @@
+"""Preemption: SIGUSR1 / SIGTERM make a real ``declip train`` process finish its step, write a checkpoint and
+exit 0; that checkpoint loads (weights_only) and ``--resume latest`` continues from it.
+
+SIGUSR1 goes to the trainer alone (SLURM's ``--signal=USR1@T``); SIGTERM goes to the whole process group,
+data-loader worker included (what SLURM and Kubernetes do on preemption): the worker must not die before the
+trainer has saved.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from declip.train.checkpoint import list_checkpoints, load_checkpoint, resolve_resume
+
+
+def write_config(path: Path, out: Path) -> Path:
+    path.write_text(f"""
+model: {{preset: tiny-vit, embed_dim: 64, vision: {{image_size: 32, patch_size: 8, width: 64}},
+        text: {{width: 64}}}}
+data: {{builtin_size: 512, num_workers: 1, pin_memory: false}}
+method: {{name: declip, queue_size: 64, simsiam_proj_dim: 32, simsiam_pred_dim: 16}}
+train: {{steps: 100000, batch_size: 8, log_every: 1, ckpt_every: 0, progress: false, tensorboard: false,
+        device: cpu, output_dir: {out}}}
+eval: {{builtin: false}}
+""")
+    return path
+
+
+def launch(config: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "declip.cli", "train", "--config", str(config), *extra],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its own process group, so killpg reaches only it
+
+
+def logged_steps(run: Path) -> list[int]:
+    steps = []
+    if (run / "metrics.jsonl").is_file():
+        for line in (run / "metrics.jsonl").read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if rec.get("kind") == "train":
+                steps.append(rec["step"])
+    return steps
+
+
+def signal_after(proc: subprocess.Popen, run: Path, step: int, sig: int, group: bool) -> str:
+    deadline = time.monotonic() + 90
+    while max(logged_steps(run), default=0) < step:
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, f"step {step} not reached"
+        time.sleep(0.02)
+    (os.killpg if group else os.kill)(proc.pid, sig)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, f"exit {proc.returncode} after signal {sig}:\n{out[-3000:]}"
+    assert f"stopped by signal {int(sig)}" in out, out[-3000:]
+    return out
+
+
+def check_saved(run: Path) -> int:
+    """The checkpoint is the last logged step's, loads with weights_only=True, and is what 'latest' picks."""
+    steps = logged_steps(run)
+    assert steps == list(range(1, steps[-1] + 1)), "every step logged exactly once"
+    (step, path), = list_checkpoints(run)[-1:]
+    assert step == steps[-1], "the checkpoint is taken at the end of the step that was running"
+    state = load_checkpoint(path)
+    assert state["step"] == step and state["data"]["consumed"] == step * 8
+    assert resolve_resume("latest", run) == path
+    assert not list(run.glob(".*.tmp.*")), "no half-written file left behind"
+    return step
+
+
+@pytest.mark.slow
+def test_sigusr1_then_sigterm_save_and_resume(tmp_path):
+    run = tmp_path / "run"
+    config = write_config(tmp_path / "tiny.yaml", run)
+
+    signal_after(launch(config), run, 2, signal.SIGUSR1, group=False)
+    first = check_saved(run)
+    assert first >= 2
+
+    out = signal_after(launch(config, "--resume", "latest"), run, first + 2, signal.SIGTERM, group=True)
+    assert f"at step {first} " in out, out[-2000:]
+    second = check_saved(run)
+    assert second >= first + 2
