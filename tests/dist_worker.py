@@ -11,9 +11,10 @@ Why these choices make the comparison exact (to float rounding):
   loss = the single-process loss, and DDP's gradient average + the gather's summed backward = its gradient.
 - MLM: every caption has exactly MASKS_PER_ROW masked tokens, so each rank's mean over its masked tokens
   averages to the global mean (with unequal counts the per-rank mean, as in the reference, weights differ).
-- NN queue: each rank's bank starts as the bank the single process starts with (by default rank r seeds its
-  bank with seed + r), and only the first step is compared: the neighbours come from the bank as it was before
-  the step, so they are the same rows; afterwards each rank enqueues only its own captions (per-rank queues).
+- NN queue: each rank's bank starts as the bank the single process starts with (rank r seeds its bank with
+  seed + r, and DDP's start-up buffer sync then copies rank 0's; the explicit copy keeps the test independent
+  of that), and only the first step is compared: the neighbours come from the bank as it was before the step,
+  so they are the same rows; afterwards each rank enqueues only its own captions (per-rank queues).
 - SimSiam BatchNorm: batch statistics are per rank by design (plain BN, as the reference; SyncBN only on
   CUDA), so the SimSiam case runs its heads' BN in eval mode (per-sample affine), which still checks the
   branch's loss and gradients end to end; a second DeCLIP case turns SimSiam off with everything in train mode.

@@ -36,6 +36,8 @@ def child_env(**extra: str) -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") and not k.startswith("SLURM")}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=f"{ROOT / 'tests'}{os.pathsep}{env.get('PYTHONPATH', '')}", **extra)
+    if sys.platform.startswith("linux"):  # gloo binds to the host name's address, which a CI box may not resolve
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     return env
 
 
