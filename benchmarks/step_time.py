@@ -4,7 +4,7 @@ The claim under test: DeCLIP's extra supervision costs what its arithmetic costs
 ratio DeCLIP/CLIP within 10% of the FLOP ratio). Data loading is excluded: batches are built once through the
 real data pipeline and reused, so only forward + backward + AdamW are timed.
 
-    python benchmarks/step_time.py [--preset tiny-vit] [--batch 32] [--steps 20] [--out benchmarks/results/step_time.md]
+    python benchmarks/step_time.py [--preset PRESET] [--batch 32] [--steps 20] [--out benchmarks/results/step_time.md]
 """
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ from declip.train.optim import build_optimizer
 
 
 def make(method: str, preset: str, batch: int, extra: list[str]):
-    cfg = load_config(demo_config_path(), [f"method.name={method}", f"model.preset={preset}",
-                                           f"train.batch_size={batch}", *extra])
+    preset_override = [f"model.preset={preset}"] if preset else []
+    cfg = load_config(demo_config_path(), [f"method.name={method}", *preset_override, f"train.batch_size={batch}",
+                                           *extra])
     torch.manual_seed(0)
     model = build_method(cfg)
     ds = PairDataset(build_source(cfg.data), model.data_spec(cfg), cfg.model.vision.image_size, seed=0)
@@ -73,7 +74,7 @@ def cpu_name() -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="tiny-vit")
+    p.add_argument("--preset", default="", help="model preset (default: the demo's towers)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--out", default="")
@@ -94,7 +95,7 @@ def main() -> None:
                f"{100 * gap:+.1f}% vs FLOPs (target within +-10%: {'MET' if abs(gap) <= 0.10 else 'NOT MET'})")
     cmd = "python " + " ".join([sys.argv[0], *sys.argv[1:]])
     machine = (f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-               f"{torch.get_num_threads()} threads, preset {a.preset}, batch {a.batch}, {a.steps} timed steps")
+               f"{torch.get_num_threads()} threads, preset {a.preset or 'demo'}, batch {a.batch}, {a.steps} timed steps")
     text = "\n".join([f"## Step time: DeCLIP vs CLIP", "", f"Command: `{cmd}`", "", f"Machine: {machine}", "",
                       *rows, "", summary, ""])
     print(text)

@@ -2,10 +2,10 @@
 
 Nothing is downloaded or stored: sample ``i`` of split ``s`` is drawn from a random generator seeded by
 (split seed, i), so every machine sees the same pixels. Each scene is one object (10 shapes, 8 colours,
-3 sizes, 5 positions, a random rotation, filled or outlined) on a plain, gradient or noisy background, plus
-an optional small distractor blob. Captions come from 16 templates with synonyms for sizes and colours, and
-mention 1-4 attributes, so text and image share structure a model has to discover (the shape word is
-present in every caption, in varied phrasing).
+3 sizes, 5 positions, a rotation within 20 degrees) on a plain, gradient or noisy background, plus an optional small
+distractor blob. Captions come from 16 templates with synonyms for sizes and colours and mention 1-3
+attributes, so text and image share structure a model has to discover: the shape word is in every caption,
+in varied phrasing; colour in fewer than half (colour is the easiest cue, and DeCLIP's colour jitter blurs it).
 
 The held-out zero-shot task classifies the shape of 500 scenes of a separate split (50 per class, chance
 10%) using prompt templates that never appear verbatim in the training captions.
@@ -25,29 +25,29 @@ COLOURS = {
 COLOUR_WORDS = {"red": ("red", "crimson", "scarlet"), "green": ("green",), "blue": ("blue", "navy"),
                 "yellow": ("yellow",), "orange": ("orange",), "purple": ("purple", "violet"),
                 "pink": ("pink",), "brown": ("brown",)}
-SIZES = {"small": (0.18, 0.26), "medium": (0.28, 0.36), "large": (0.38, 0.46)}
+SIZES = {"small": (0.26, 0.32), "medium": (0.34, 0.40), "large": (0.42, 0.48)}
 SIZE_WORDS = {"small": ("small", "little", "tiny"), "medium": ("medium", "mid-sized"),
               "large": ("large", "big", "huge")}
 POSITIONS = {"center": (0.5, 0.5), "left": (0.3, 0.5), "right": (0.7, 0.5), "top": (0.5, 0.3),
              "bottom": (0.5, 0.7)}
 BACKGROUNDS = {"white": (245, 245, 245), "black": (15, 15, 15), "gray": (128, 128, 128),
                "beige": (225, 210, 180), "teal": (40, 120, 120)}
-TEMPLATES = (
-    "a {size} {colour} {shape} on a {bg} background",
+TEMPLATES = (  # the shape word is in every caption; colour in fewer than half, so it cannot carry them alone
+    "a {size} {shape} on a {bg} background",
     "a photo of a {colour} {shape}",
-    "{colour} {shape} in the {pos} of the image",
-    "there is a {size} {shape} here, colored {colour}",
+    "a {shape} in the {pos} of the image",
+    "there is a {size} {shape} here",
     "a simple drawing of a {shape}",
     "an image showing a {shape} that is {colour}",
-    "the {shape} is {size} and {colour}",
-    "close-up of a {colour} {shape} against {bg}",
+    "the {shape} is {size}",
+    "close-up of a {shape} against {bg}",
     "{shape}",
     "a {style} {shape} near the {pos}",
-    "my favourite {shape}, a {size} {colour} one",
-    "a {bg} picture with a {colour} {shape}",
+    "my favourite {shape}, a {size} one",
+    "a {bg} picture with a {shape}",
     "look at this {size} {shape}",
     "{colour} {shape}",
-    "a {style} {colour} {shape} drawn on {bg}",
+    "a {style} {shape} drawn on {bg}",
     "someone painted a {shape} in {colour}",
 )
 ZEROSHOT_TEMPLATES = ("a picture of a {}.", "an example of a {}.", "a {} shape.", "this is a {}.")
@@ -65,9 +65,8 @@ def _polygon(cx, cy, r, n, rot, inner=None):
     return pts
 
 
-def _draw_shape(d: ImageDraw.ImageDraw, shape, cx, cy, r, rot, fill, outline_only, bg):
-    width = max(2, int(r * 0.25))
-    kw = {"outline": fill, "width": width} if outline_only else {"fill": fill}
+def _draw_shape(d: ImageDraw.ImageDraw, shape, cx, cy, r, rot, fill, bg):
+    kw = {"fill": fill}
     if shape == "circle":
         d.ellipse([cx - r, cy - r, cx + r, cy + r], **kw)
     elif shape == "square":
@@ -115,10 +114,8 @@ def render_scene(rng: random.Random, shape: str | None = None) -> tuple[Image.Im
     attrs = {
         "shape": shape or rng.choice(SHAPES), "colour": rng.choice(tuple(COLOURS)), "size": rng.choice(tuple(SIZES)),
         "pos": rng.choice(tuple(POSITIONS)), "bg": rng.choice(tuple(BACKGROUNDS)),
-        "style": rng.choice(("solid", "filled", "outlined", "solid")),
+        "style": rng.choice(("solid", "filled", "plain")),
     }
-    if attrs["shape"] in ("circle", "cross", "ring", "crescent", "heart"):  # an outlined circle is a ring
-        attrs["style"] = "solid"
     n = RESOLUTION
     bg = _jitter(BACKGROUNDS[attrs["bg"]], rng, 10)
     img = Image.new("RGB", (n, n), bg)
@@ -141,8 +138,8 @@ def render_scene(rng: random.Random, shape: str | None = None) -> tuple[Image.Im
     px, py = POSITIONS[attrs["pos"]]
     cx, cy = (px + rng.uniform(-0.05, 0.05)) * n, (py + rng.uniform(-0.05, 0.05)) * n
     fill = _jitter(COLOURS[attrs["colour"]], rng)
-    _draw_shape(d, attrs["shape"], cx, cy, r, rng.uniform(0, 2 * math.pi) * (attrs["shape"] != "heart"),
-                fill, attrs["style"] == "outlined", bg)
+    rot = rng.uniform(-0.35, 0.35) * (attrs["shape"] != "heart")  # +-20 degrees: a square stays no diamond
+    _draw_shape(d, attrs["shape"], cx, cy, r, rot, fill, bg)
     return img, attrs
 
 
