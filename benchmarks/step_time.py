@@ -85,8 +85,8 @@ def main() -> None:
     time_ratio, flop_ratio = t_declip / t_clip, f_declip / f_clip
     gap = time_ratio / flop_ratio - 1
     rows = [
-        f"| method | median step (s) | GFLOP / step (fwd+bwd) | images/s | achieved GFLOP/s |",
-        f"|---|---|---|---|---|",
+        "| method | median step (s) | GFLOP / step (fwd+bwd) | images/s | achieved GFLOP/s |",
+        "|---|---|---|---|---|",
         f"| CLIP | {t_clip:.4f} | {f_clip / 1e9:.2f} | {a.batch / t_clip:.1f} | {f_clip / t_clip / 1e9:.1f} |",
         f"| DeCLIP | {t_declip:.4f} | {f_declip / 1e9:.2f} | {a.batch / t_declip:.1f} | "
         f"{f_declip / t_declip / 1e9:.1f} |",
@@ -96,7 +96,7 @@ def main() -> None:
     cmd = "python " + " ".join([sys.argv[0], *sys.argv[1:]])
     machine = (f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                f"{torch.get_num_threads()} threads, preset {a.preset or 'demo'}, batch {a.batch}, {a.steps} timed steps")
-    text = "\n".join([f"## Step time: DeCLIP vs CLIP", "", f"Command: `{cmd}`", "", f"Machine: {machine}", "",
+    text = "\n".join(["## Step time: DeCLIP vs CLIP", "", f"Command: `{cmd}`", "", f"Machine: {machine}", "",
                       *rows, "", summary, ""])
     print(text)
     if a.out:

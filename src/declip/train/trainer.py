@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..config import Config, config_from_dict, dump_config
+from ..config import Config, dump_config
 from ..data.loader import PairDataset, build_train_loader
 from ..data.sources import SKIP_REASONS, build_source
 from ..eval.zeroshot import run_zero_shot
@@ -322,6 +322,3 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     finally:
         trainer.close()
 
-
-def config_from_checkpoint(state: dict) -> Config:
-    return config_from_dict(state["config"])
