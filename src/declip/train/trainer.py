@@ -221,8 +221,10 @@ class Trainer:
                     with self._autocast():
                         losses, metrics = self.model(batch)
                     loss = sum(losses.values()) / tr.grad_accum
-                    finite = dist.all_reduce_sum(torch.tensor([float(not torch.isfinite(loss))], device=self.device))
-                    if finite.item() > 0:
+                    # ranks that saw a non-finite loss, summed so that every rank skips the same step
+                    nonfinite = dist.all_reduce_sum(torch.tensor([float(not torch.isfinite(loss))],
+                                                                 device=self.device))
+                    if nonfinite.item() > 0:
                         skip_step = True
                         break
                     self.scaler.scale(loss).backward()
