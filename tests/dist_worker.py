@@ -112,7 +112,7 @@ def run_step(method, model, batch: dict) -> dict:
 
 
 def main(out_dir: str) -> None:
-    from declip.train import distributed as dist
+    from declip import distributed as dist
 
     torch.set_num_threads(1)
     info = dist.init_distributed("cpu", timeout_s=120)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from declip.data.loader import DataSpec, PairDataset, build_train_loader
 from declip.data.manifest import ManifestSource
-from declip.data.sources import SKIP_REASONS, BadSample
+from declip.data.errors import SKIP_REASONS, BadSample
 from declip.train.trainer import DataQualityError, Trainer
 
 W, H = 64, 48

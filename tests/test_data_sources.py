@@ -18,7 +18,8 @@ from declip.data.csv_source import CsvSource
 from declip.data.decode import decode_image
 from declip.data.manifest import ManifestSource
 from declip.data.shards import ShardSource, expand_shards
-from declip.data.sources import BadSample, build_source
+from declip.data.errors import BadSample
+from declip.data.sources import build_source
 
 CAPTIONS = [
     "a red bus on a bridge", 'a caption with "quotes", a comma\tand a tab', "line one\nline two of a caption",

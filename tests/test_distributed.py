@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from declip.train import distributed as dist
+from declip import distributed as dist
 from dist_worker import CASES, PER_RANK, build_case, make_batch, rows, run_step
 
 ROOT = Path(__file__).resolve().parents[1]

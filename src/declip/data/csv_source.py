@@ -19,7 +19,7 @@ from PIL import Image
 
 from .decode import check_caption, load_image
 from .offsets import RecordFile, load_or_build
-from .sources import BadSample
+from .errors import BadSample
 
 MULTILINE = 1  # index flag: some quoted field spans lines, so row numbers are not line numbers
 _BLOCK = 1 << 16

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .sources import BadSample
+from .errors import BadSample
 
 # Latin letters: ASCII, Latin-1 Supplement (minus the x/÷ signs), Latin Extended-A/B, Latin Extended Additional.
 _LATIN = re.compile(r"[A-Za-z\u00C0-\u00D6\u00D8-\u00F6\u00F8-\u024F\u1E00-\u1EFF]")

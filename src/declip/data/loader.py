@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .sources import SKIP_REASONS, BadSample
+from .errors import SKIP_REASONS, BadSample
 from .text import TextPipeline, TextSpec
 from .views import build_train_views
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from .decode import check_caption, load_image
 from .offsets import RecordFile, load_or_build, scan_lines
-from .sources import BadSample
+from .errors import BadSample
 
 
 class ManifestSource:

@@ -27,7 +27,7 @@ from PIL import Image
 
 from .decode import check_caption, decode_image
 from .offsets import RecordFile, load_or_build
-from .sources import BadSample
+from .errors import BadSample
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "tif", "tiff")  # first present wins
 

@@ -8,25 +8,7 @@ from __future__ import annotations
 
 from ..config import DataConfig
 from .builtin import BuiltinPairs
-
-# The one list of reasons a sample is skipped (file sources raise them via declip.data.decode):
-#   missing_file      image file (or a shard's image member) absent or unreadable
-#   empty_file        zero bytes
-#   corrupt_image     not decodable: unknown format, truncated, garbage, absurd size
-#   empty_caption     caption empty or whitespace only
-#   non_latin_caption no Latin letter at all (CJK-only, emoji, digits): unusable for the CLIP BPE + English EDA
-#   bad_line          record unparseable: malformed JSON / CSV row, missing key, wrong type
-SKIP_REASONS = (
-    "missing_file", "empty_file", "corrupt_image", "empty_caption", "non_latin_caption", "bad_line",
-)
-
-
-class BadSample(Exception):
-    def __init__(self, reason: str, detail: str = ""):
-        assert reason in SKIP_REASONS, reason
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
-
+from .errors import SKIP_REASONS, BadSample  # noqa: F401  (re-exported: the public names)
 
 def build_source(cfg: DataConfig, image_size: int | None = None):
     """The configured source. ``image_size`` (the model's input side) lets file sources decode large JPEGs

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
-from .sources import SKIP_REASONS, BadSample
+from .errors import SKIP_REASONS, BadSample
 
 CONTEXT_TOKENS = 75  # 77 minus SOT and EOT: longer captions are truncated by the tokenizer
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..train.distributed import gather_no_grad, gather_with_grad, get_rank
+from ..distributed import gather_no_grad, gather_with_grad, get_rank
 
 
 def local_labels(batch: int, device, offset: int) -> torch.Tensor:

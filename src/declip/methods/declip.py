@@ -21,7 +21,7 @@ from ..losses.nn_queue import NearestNeighborQueue
 from ..losses.simsiam import SimSiamLoss
 from ..models.heads import MLMHead, SimSiamPredictor, SimSiamProjector
 from ..models.towers import encode_text_with_tokens, logit_scale_value
-from ..train.distributed import get_rank
+from ..distributed import get_rank
 from .base import Method
 
 

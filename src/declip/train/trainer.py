@@ -19,10 +19,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..config import Config, dump_config
 from ..data.loader import PairDataset, build_train_loader
-from ..data.sources import SKIP_REASONS, build_source
+from ..data.errors import SKIP_REASONS
+from ..data.sources import build_source
 from ..eval.zeroshot import run_zero_shot
 from ..methods import build_method
-from . import distributed as dist
+from .. import distributed as dist
 from .accel import autocast, effective_precision, prepare_method, scaled_step, wrap_ddp
 from .checkpoint import load_checkpoint, resolve_resume, rng_state, save_best, save_checkpoint, set_rng_state
 from .metrics import MetricsWriter, log, setup_logging
