@@ -115,7 +115,7 @@ def main(out_dir: str) -> None:
     from declip import distributed as dist
 
     torch.set_num_threads(1)
-    info = dist.init_distributed("cpu", timeout_s=120)
+    info = dist.init_distributed(torch.device("cpu"), timeout_s=120)
     try:
         result = {"master_addr": os.environ.get("MASTER_ADDR"), "world_size": dist.get_world_size(),
                   "rank": dist.get_rank()}

@@ -12,7 +12,8 @@ from PIL import Image
 from declip.data.loader import DataSpec, PairDataset, build_train_loader
 from declip.data.manifest import ManifestSource
 from declip.data.errors import SKIP_REASONS, BadSample
-from declip.train.trainer import DataQualityError, Trainer
+from declip.errors import DataQualityError
+from declip.train.trainer import Trainer
 
 W, H = 64, 48
 LONG = " ".join(["a long caption about a small boat on a lake"] * 40)

@@ -19,6 +19,7 @@ from declip.data.decode import decode_image
 from declip.data.manifest import ManifestSource
 from declip.data.shards import ShardSource, expand_shards
 from declip.data.errors import BadSample
+from declip.errors import DataError
 from declip.data.sources import build_source
 
 CAPTIONS = [
@@ -211,11 +212,11 @@ def test_sources_pickle_without_their_index(dataset_files):
 
 def test_clear_errors_for_bad_csv_header_and_missing_shards(dataset_files):
     tmp, _ = dataset_files
-    with pytest.raises(ValueError, match=r"no column 'path' \(data.csv_image_key\).*csv_separator=','"):
+    with pytest.raises(DataError, match=r"no column 'path' \(data.csv_image_key\).*csv_separator=','"):
         CsvSource(tmp / "c.tsv", tmp / "images", image_key="path", separator=",")
-    with pytest.raises(FileNotFoundError, match=r"1 of 4 shards missing, e.g. .*00003.tar"):
+    with pytest.raises(DataError, match=r"1 of 4 shards missing, e.g. .*00003.tar"):
         expand_shards(str(tmp / "shards/{00000..00003}.tar"))
-    with pytest.raises(FileNotFoundError, match="manifest not found"):
+    with pytest.raises(DataError, match="manifest not found"):
         ManifestSource(tmp / "nope.jsonl", tmp)
 
 

@@ -1,20 +1,37 @@
-"""``declip`` command line: train | eval (more sub-commands register here)."""
+"""declip: data-efficient CLIP pre-training (DeCLIP: CLIP + image/text self-supervision, multi-view and
+nearest-neighbour supervision).
+
+  declip train                      DeCLIP on the built-in data (a few minutes on a CPU): zero-shot + checkpoint
+  declip train --config C.yaml k=v  any recipe (configs/), any key overridden on the command line
+  declip eval --checkpoint CKPT     zero-shot evaluation of a checkpoint
+  declip export CKPT DIR            the towers as an open_clip 'local-dir:' model
+  declip data check|shard           validate a manifest / write webdataset shards
+  declip plot RUN_DIR               training curves as a PNG
+
+Every expected failure prints one line and exits non-zero (1; 2 for a config error); --debug shows the
+traceback.
+"""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import logging
 import sys
 
+from . import __version__
 from .config import ConfigError, load_config
+from .errors import DeclipError
 
 
 def cmd_train(args) -> int:
-    from .train.trainer import train
-
     from .config import demo_config_path
 
-    cfg = load_config(args.config or demo_config_path(), args.overrides)
-    summary = train(cfg, resume=args.resume)
+    cfg = load_config(args.config or demo_config_path(), args.overrides)  # config errors before torch loads
+    from .train.trainer import train
+
+    summary = train(cfg, resume=args.resume, overwrite=args.overwrite,
+                    allow_config_change=args.allow_config_change)
     ev = summary.get("eval", {})
     if "builtin/top1" in ev:
         print(f"zero-shot top-1 (built-in shapes, {ev['builtin/images']} held-out images): "
@@ -27,20 +44,20 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    import torch
-
     from .config import config_from_dict
+    from .device import resolve_device
     from .eval.zeroshot import run_zero_shot
     from .methods import build_method
-    from .train.checkpoint import load_checkpoint
+    from .train.checkpoint import assert_finite, load_checkpoint
 
     state = load_checkpoint(args.checkpoint)
+    assert_finite(state["model"], doing=f"evaluate {args.checkpoint}")
     cfg = config_from_dict(state["config"])
     if args.val_manifest:
         cfg.eval.val_manifest, cfg.eval.val_root = args.val_manifest, args.val_root
         cfg.eval.builtin = args.builtin
     cfg.eval.max_images = args.max_images or cfg.eval.max_images
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device or "auto")
     method = build_method(cfg)
     method.load_state_dict(state["model"])
     results = run_zero_shot(method.clip.to(device), cfg, device)
@@ -65,22 +82,30 @@ def cmd_plot(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="declip", description=__doc__)
+    p = argparse.ArgumentParser(prog="declip", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"declip {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train (no --config: DeCLIP on the built-in data)")
-    t.add_argument("--config", default=None, help="YAML config file")
-    t.add_argument("--resume", default=None, help="'latest' (newest in train.output_dir) or a checkpoint path")
+    t.add_argument("--config", default=None, help="YAML config file (default: the built-in demo)")
+    t.add_argument("--resume", default=None, metavar="latest|latest-or-new|best|PATH",
+                   help="continue a run: the newest checkpoint in train.output_dir (latest; latest-or-new starts "
+                        "fresh when there is none), its best.pt, or a checkpoint file")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start fresh in a train.output_dir that holds another run (its checkpoints are deleted)")
+    t.add_argument("--allow-config-change", action="store_true",
+                   help="resume although the optimisation/data settings differ from the checkpoint's")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=5e-4 train.steps=200")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="zero-shot evaluation of a checkpoint")
-    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--checkpoint", required=True, help="a declip checkpoint (ckpt_*.pt or best.pt)")
     e.add_argument("--val-manifest", default="", help="ImageNet val_official.json (JSON lines)")
     e.add_argument("--val-root", default="", help="flat folder of ImageNet val images")
     e.add_argument("--builtin", action="store_true", help="with --val-manifest: also run the built-in task")
-    e.add_argument("--max-images", type=int, default=0)
-    e.add_argument("--device", default=None)
+    e.add_argument("--max-images", type=int, default=0, help="evaluate on the first N images only (0 = all)")
+    e.add_argument("--device", default=None, help="auto (default), cpu, cuda, ...")
     e.set_defaults(func=cmd_eval)
 
     x = sub.add_parser("export", help="write a checkpoint's towers as an open_clip 'local-dir:' model")
@@ -93,10 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/curves.png)")
     pl.set_defaults(func=cmd_plot)
 
-    from .data.tools import add_data_parser  # declip data check | shard
+    from .cli_data import add_data_parser  # declip data check | shard
 
     add_data_parser(sub)
     return p
+
+
+def one_line(error: BaseException) -> str:
+    """What the user reads: the message, with the cause of a full disk said plainly."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return f"disk full: {error}"
+    if isinstance(error, (FileNotFoundError, IsADirectoryError, PermissionError)):
+        return str(error)
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,9 +140,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (DeclipError, OSError) as e:
+        if args.debug:
+            raise
+        message = f"{'config error' if isinstance(e, ConfigError) else 'error'}: {one_line(e)}"
+        print(message, file=sys.stderr)
+        record = logging.LogRecord("declip", logging.ERROR, __file__, 0, message, None, sys.exc_info())
+        for handler in logging.getLogger().handlers:  # the run's train.log, with the traceback for later
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
+        return 2 if isinstance(e, ConfigError) else 1
 
 
 if __name__ == "__main__":

@@ -12,25 +12,46 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Literal
 
 import yaml
 
+from .errors import DeclipError
 
-class ConfigError(ValueError):
+
+class ConfigError(DeclipError, ValueError):
     """A configuration problem; the message names the key and its source."""
+
+
+Check = Callable[[bool, str, str], None]  # check(ok, dotted key, message): raises ConfigError naming the source
+EdaOp = Literal["synonym", "swap", "delete", "insert"]  # the one list of EDA operation names
+DEFAULT_EDA_OPS: tuple[str, ...] = ("synonym", "swap", "delete")  # the reference's (no random insertion)
+PresetName = Literal["tiny-vit", "tiny-rn", "vit-b-32", "rn50"]
 
 
 # --------------------------------------------------------------------------------------------- sections
 @dataclass
 class VisionConfig:
-    kind: str = "vit"  # vit | resnet
+    kind: Literal["vit", "resnet"] = "vit"
     image_size: int = 64
     width: int = 128  # ViT width, or ResNet stem width (64 for RN50)
     layers: int | list[int] = 2  # ViT depth, or ResNet stage depths (RN50: [3, 4, 6, 3])
     head_width: int = 64
     patch_size: int = 8
     freeze_conv1: bool = True  # DeCLIP freezes the ViT patch embedding
+
+    def validate(self, check: Check) -> None:
+        check(self.image_size >= 16, "model.vision.image_size", "must be >= 16")
+        if self.kind == "vit":
+            check(isinstance(self.layers, int) and self.layers > 0, "model.vision.layers",
+                  "a ViT needs one positive depth")
+            check(self.image_size % self.patch_size == 0, "model.vision.patch_size",
+                  f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
+            check(self.width % self.head_width == 0, "model.vision.head_width", "must divide model.vision.width")
+        else:
+            check(isinstance(self.layers, list) and len(self.layers) == 4 and min(self.layers) > 0,
+                  "model.vision.layers", "a ResNet needs four positive stage depths, e.g. [3, 4, 6, 3]")
+            check(self.image_size % 32 == 0, "model.vision.image_size", "a ResNet needs a multiple of 32")
 
 
 @dataclass
@@ -41,19 +62,30 @@ class TextConfig:
     heads: int = 2
     layers: int = 2
 
+    def validate(self, check: Check) -> None:
+        check(self.width % self.heads == 0, "model.text.heads", f"must divide model.text.width ({self.width})")
+        check(self.context_length >= 8, "model.text.context_length", "must be >= 8")
+        check(self.vocab_size >= 49409, "model.text.vocab_size",
+              "must hold the CLIP BPE vocabulary + mask token (49409)")
+
 
 @dataclass
 class ModelConfig:
-    preset: str = "tiny-vit"  # fills the fields below unless they are set explicitly; see PRESETS
+    preset: PresetName = "tiny-vit"  # fills the fields below unless they are set explicitly; see PRESETS
     embed_dim: int = 128
     quick_gelu: bool = True
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
 
+    def validate(self, check: Check) -> None:
+        check(self.embed_dim > 0, "model.embed_dim", "must be > 0")
+        self.vision.validate(check)
+        self.text.validate(check)
+
 
 @dataclass
 class DataConfig:
-    source: str = "builtin"  # builtin | manifest | csv | webdataset
+    source: Literal["builtin", "manifest", "csv", "webdataset"] = "builtin"
     path: str = ""  # manifest / csv file, or webdataset shard pattern
     root: str = ""  # image root for manifest / csv
     builtin_size: int = 20000  # number of generated training pairs
@@ -65,10 +97,21 @@ class DataConfig:
     pin_memory: bool = True
     index_dir: str = ""  # where byte-offset indexes go ("" = beside the data file, else ~/.cache/declip/index)
 
+    def validate(self, check: Check) -> None:
+        check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        check(0.0 <= self.max_skip_rate <= 1.0, "data.max_skip_rate", "must be in [0, 1]")
+        check(len(self.csv_separator) == 1 or self.csv_separator == "\\t", "data.csv_separator",
+              "must be one character (a tab, ',', ...; the two characters \\t also mean a tab)")
+        check(self.builtin_size > 0, "data.builtin_size", "must be > 0")
+        if self.source in ("manifest", "csv", "webdataset"):
+            check(bool(self.path), "data.path", f"data.source={self.source} needs a path")
+        if self.source == "manifest":
+            check(bool(self.root), "data.root", "the manifest's image root is required")
+
 
 @dataclass
 class MethodConfig:
-    name: str = "declip"  # clip | declip
+    name: Literal["clip", "declip"] = "declip"
     # DeCLIP loss weights (reference: 0.4 / 0.2 / 0.2 / 0.2). 0 skips that branch's computation.
     clip_weight: float = 0.4
     simsiam_weight: float = 0.2
@@ -79,8 +122,19 @@ class MethodConfig:
     nn_warmup_steps: int = 0
     simsiam_proj_dim: int = 1024
     simsiam_pred_dim: int = 512
-    eda_ops: list[str] = field(default_factory=lambda: ["synonym", "swap", "delete"])
+    eda_ops: list[EdaOp] = field(default_factory=lambda: list(DEFAULT_EDA_OPS))
     local_loss: bool = False  # each rank: local rows vs. gathered columns (always); True skips the gather
+
+    def validate(self, check: Check) -> None:
+        for w in ("clip_weight", "simsiam_weight", "mlm_weight", "nn_weight"):
+            check(getattr(self, w) >= 0, f"method.{w}", "must be >= 0")
+        check(0.0 < self.mask_prob < 1.0, "method.mask_prob", "must be in (0, 1)")
+        check(self.queue_size > 0, "method.queue_size", "must be > 0")
+        check(self.nn_warmup_steps >= 0, "method.nn_warmup_steps", "must be >= 0")
+        check(len(self.eda_ops) > 0, "method.eda_ops", "needs at least one of synonym, swap, delete, insert")
+        if self.name == "declip":
+            check(self.clip_weight + self.simsiam_weight + self.mlm_weight + self.nn_weight > 0,
+                  "method.clip_weight", "all DeCLIP loss weights are 0")
 
 
 @dataclass
@@ -95,6 +149,17 @@ class OptimConfig:
     weight_decay: float = 0.1
     grad_clip: float = 0.0  # 0 = off (reference behaviour)
 
+    def validate(self, check: Check) -> None:
+        check(self.lr > 0, "optim.lr", "must be > 0")
+        check(0 <= self.warmup_start_lr <= self.lr, "optim.warmup_start_lr", "must be in [0, optim.lr]")
+        check(0 <= self.min_lr <= self.lr, "optim.min_lr", "must be in [0, optim.lr]")
+        check(self.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+        check(self.cosine_steps >= 0, "optim.cosine_steps", "must be >= 0")
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas", "two numbers in [0, 1)")
+        check(self.eps > 0, "optim.eps", "must be > 0")
+        check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        check(self.grad_clip >= 0, "optim.grad_clip", "must be >= 0")
+
 
 @dataclass
 class TrainConfig:
@@ -102,21 +167,35 @@ class TrainConfig:
     batch_size: int = 64  # per device
     grad_accum: int = 1  # micro-batches of batch_size per optimizer step (negatives stay per micro-batch)
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "fp32"  # fp32 | bf16 | fp16
-    mode: str = "full"  # full | performance
+    device: str = "auto"  # auto | cpu | a torch device type (cuda, xpu, npu, ...): declip.device resolves it
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    mode: Literal["full", "performance"] = "full"
     log_every: int = 20
     ckpt_every: int = 200
     keep_last: int = 2
     output_dir: str = "checkpoint/demo"
     tensorboard: bool = True
     progress: bool = True
-    nonfinite: str = "skip"  # skip | stop
+    nonfinite: Literal["skip", "stop"] = "skip"  # a step with NaN/inf loss or gradients: skip it, or stop
+    max_nonfinite_skips: int = 5  # consecutive skipped steps that stop the run (a diverged run skips forever)
     compile: bool = False  # torch.compile the image and text towers (module.compile(): state_dict keys unchanged)
     grad_checkpointing: bool = False  # open_clip's activation checkpointing in the transformer towers
     channels_last: bool = False  # ResNet towers: weights and images in channels_last (faster convs on GPU)
     sync_bn: bool = False  # SyncBatchNorm across ranks (ResNet tower + SimSiam heads); CUDA only
     dist_timeout_s: int = 3600  # process-group timeout: must outlast rank 0's evaluation while others wait
+
+    def validate(self, check: Check) -> None:
+        check(self.steps > 0, "train.steps", "must be > 0")
+        check(self.batch_size > 1, "train.batch_size", "contrastive learning needs at least 2 pairs per device")
+        check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
+        check(self.log_every > 0, "train.log_every", "must be > 0")
+        check(self.ckpt_every >= 0, "train.ckpt_every", "must be >= 0")
+        check(self.keep_last >= 1, "train.keep_last", "must be >= 1")
+        check(self.max_nonfinite_skips >= 0, "train.max_nonfinite_skips", "must be >= 0")
+        check(self.dist_timeout_s >= 60, "train.dist_timeout_s", "must be >= 60 seconds")
+        check(bool(self.output_dir), "train.output_dir", "must not be empty")
+        check(bool(self.device) and self.device.replace("_", "").isalnum(), "train.device",
+              "auto, cpu or a torch device type such as cuda, xpu or npu")
 
 
 @dataclass
@@ -129,6 +208,13 @@ class EvalConfig:
     num_workers: int = 2
     max_images: int = 0  # 0 = all
     imagenet_templates: int = 80  # the first N of OpenAI's 80 prompt templates (80 = the published protocol)
+
+    def validate(self, check: Check) -> None:
+        check(self.every >= 0, "eval.every", "must be >= 0")
+        check(self.batch_size > 0, "eval.batch_size", "must be > 0")
+        check(1 <= self.imagenet_templates <= 80, "eval.imagenet_templates", "must be in [1, 80]")
+        check(bool(self.val_manifest) == bool(self.val_root), "eval.val_root",
+              "eval.val_manifest and eval.val_root go together")
 
 
 @dataclass
@@ -168,16 +254,7 @@ PRESETS: dict[str, dict] = {
     },
 }
 
-CHOICES = {
-    "model.preset": set(PRESETS),
-    "model.vision.kind": {"vit", "resnet"},
-    "data.source": {"builtin", "manifest", "csv", "webdataset"},
-    "method.name": {"clip", "declip"},
-    "train.device": {"auto", "cpu", "cuda"},
-    "train.precision": {"fp32", "bf16", "fp16"},
-    "train.mode": {"full", "performance"},
-    "train.nonfinite": {"skip", "stop"},
-}
+assert set(PRESETS) == set(typing.get_args(PresetName)), "PresetName and PRESETS must list the same presets"
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -213,6 +290,11 @@ def parse_override(item: str) -> tuple[str, Any]:
 def _coerce(value: Any, tp: Any, key: str, src: str) -> Any:
     """Check ``value`` against the annotation ``tp`` (int, float, str, bool, list[...], unions)."""
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value in allowed:
+            return value
+        raise ConfigError(f"{src}: {key}: {value!r} is not one of {list(allowed)}")
     if origin in (typing.Union, types.UnionType):
         errors = []
         for arm in typing.get_args(tp):
@@ -265,7 +347,7 @@ def _build(cls: type, tree: dict, sources: dict[str, str], prefix: str = ""):
     for k, v in tree.items():
         key = f"{prefix}{k}"
         if k not in names:
-            src = sources.get(key, "config")
+            src = sources.get(key) or next((v for s_, v in sources.items() if s_.startswith(key + ".")), "config")
             raise ConfigError(f"{src}: unknown key '{key}' (valid keys here: {', '.join(sorted(names))})")
         tp = hints[k]
         if dataclasses.is_dataclass(tp):
@@ -313,10 +395,8 @@ def config_from_dict(tree: dict, sources: dict[str, str] | None = None) -> Confi
     model = tree.get("model", {})
     if not isinstance(model, dict):
         raise ConfigError(f"{sources.get('model', 'config')}: model: expected a section")
-    preset = model.get("preset", ModelConfig.preset)
-    if preset not in PRESETS:
-        raise ConfigError(f"{sources.get('model.preset', 'config')}: model.preset: {preset!r} is not one of "
-                          f"{sorted(PRESETS)}")
+    preset = _coerce(model.get("preset", ModelConfig.preset), PresetName, "model.preset",
+                     sources.get("model.preset", "config"))
     tree["model"] = _deep_merge(PRESETS[preset], model)
     cfg = _build(Config, tree, sources)
     validate(cfg, sources)
@@ -324,83 +404,15 @@ def config_from_dict(tree: dict, sources: dict[str, str] | None = None) -> Confi
 
 
 def validate(cfg: Config, sources: dict[str, str] | None = None) -> None:
+    """Every section's own checks; the error names the key and where its value came from."""
     sources = sources or {}
 
     def check(ok: bool, key: str, msg: str) -> None:
         if not ok:
             raise ConfigError(f"{sources.get(key, 'config')}: {key}: {msg}")
 
-    for key, allowed in CHOICES.items():
-        section, *rest = key.split(".")
-        value = getattr(cfg, section)
-        for part in rest:
-            value = getattr(value, part)
-        check(value in allowed, key, f"{value!r} is not one of {sorted(allowed)}")
-
-    v, t = cfg.model.vision, cfg.model.text
-    check(cfg.model.embed_dim > 0, "model.embed_dim", "must be > 0")
-    check(v.image_size >= 16, "model.vision.image_size", "must be >= 16")
-    if v.kind == "vit":
-        check(isinstance(v.layers, int) and v.layers > 0, "model.vision.layers", "a ViT needs one positive depth")
-        check(v.image_size % v.patch_size == 0, "model.vision.patch_size",
-              f"image_size {v.image_size} is not divisible by patch_size {v.patch_size}")
-        check(v.width % v.head_width == 0, "model.vision.head_width", "must divide model.vision.width")
-    else:
-        check(isinstance(v.layers, list) and len(v.layers) == 4 and min(v.layers) > 0, "model.vision.layers",
-              "a ResNet needs four positive stage depths, e.g. [3, 4, 6, 3]")
-        check(v.image_size % 32 == 0, "model.vision.image_size", "a ResNet needs a multiple of 32")
-    check(t.width % t.heads == 0, "model.text.heads", f"must divide model.text.width ({t.width})")
-    check(t.context_length >= 8, "model.text.context_length", "must be >= 8")
-    check(t.vocab_size >= 49409, "model.text.vocab_size", "must hold the CLIP BPE vocabulary + mask token (49409)")
-
-    d = cfg.data
-    check(d.num_workers >= 0, "data.num_workers", "must be >= 0")
-    check(0.0 <= d.max_skip_rate <= 1.0, "data.max_skip_rate", "must be in [0, 1]")
-    check(len(d.csv_separator) == 1 or d.csv_separator == "\\t", "data.csv_separator",
-          "must be one character (a tab, ',', ...; the two characters \\t also mean a tab)")
-    check(d.builtin_size > 0, "data.builtin_size", "must be > 0")
-    if d.source in ("manifest", "csv", "webdataset"):
-        check(bool(d.path), "data.path", f"data.source={d.source} needs a path")
-    if d.source in ("manifest", "csv"):
-        check(bool(d.root) or d.source == "csv", "data.root", "the manifest's image root is required")
-
-    m = cfg.method
-    for w in ("clip_weight", "simsiam_weight", "mlm_weight", "nn_weight"):
-        check(getattr(m, w) >= 0, f"method.{w}", "must be >= 0")
-    check(0.0 < m.mask_prob < 1.0, "method.mask_prob", "must be in (0, 1)")
-    check(m.queue_size > 0, "method.queue_size", "must be > 0")
-    check(m.nn_warmup_steps >= 0, "method.nn_warmup_steps", "must be >= 0")
-    check(set(m.eda_ops) <= {"synonym", "swap", "delete", "insert"} and len(m.eda_ops) > 0, "method.eda_ops",
-          "a non-empty subset of synonym, swap, delete, insert")
-    if m.name == "declip":
-        check(m.clip_weight + m.simsiam_weight + m.mlm_weight + m.nn_weight > 0, "method.clip_weight",
-              "all DeCLIP loss weights are 0")
-
-    o = cfg.optim
-    check(o.lr > 0, "optim.lr", "must be > 0")
-    check(0 <= o.warmup_start_lr <= o.lr, "optim.warmup_start_lr", "must be in [0, optim.lr]")
-    check(0 <= o.min_lr <= o.lr, "optim.min_lr", "must be in [0, optim.lr]")
-    check(o.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
-    check(o.cosine_steps >= 0, "optim.cosine_steps", "must be >= 0")
-    check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "two numbers in [0, 1)")
-    check(o.eps > 0, "optim.eps", "must be > 0")
-    check(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
-    check(o.grad_clip >= 0, "optim.grad_clip", "must be >= 0")
-
-    tr = cfg.train
-    check(tr.steps > 0, "train.steps", "must be > 0")
-    check(tr.batch_size > 1, "train.batch_size", "contrastive learning needs at least 2 pairs per device")
-    check(tr.grad_accum >= 1, "train.grad_accum", "must be >= 1")
-    check(tr.log_every > 0, "train.log_every", "must be > 0")
-    check(tr.ckpt_every >= 0, "train.ckpt_every", "must be >= 0")
-    check(tr.keep_last >= 1, "train.keep_last", "must be >= 1")
-    check(tr.dist_timeout_s >= 60, "train.dist_timeout_s", "must be >= 60 seconds")
-    check(bool(tr.output_dir), "train.output_dir", "must not be empty")
-    check(cfg.eval.every >= 0, "eval.every", "must be >= 0")
-    check(cfg.eval.batch_size > 0, "eval.batch_size", "must be > 0")
-    check(1 <= cfg.eval.imagenet_templates <= 80, "eval.imagenet_templates", "must be in [1, 80]")
-    check(bool(cfg.eval.val_manifest) == bool(cfg.eval.val_root), "eval.val_root",
-          "eval.val_manifest and eval.val_root go together")
+    for section in (cfg.model, cfg.data, cfg.method, cfg.optim, cfg.train, cfg.eval):
+        section.validate(check)
 
 
 def demo_config_path() -> Path:

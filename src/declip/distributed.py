@@ -8,7 +8,7 @@ Launch sources, in order:
   else the first host of the job's node list (``scontrol show hostnames``), or 127.0.0.1 on a one-node job;
   MASTER_PORT defaults to a port derived from SLURM_JOB_ID so two jobs sharing a node do not collide.
 
-Backend: NCCL on CUDA, gloo on the CPU. The group's timeout (``train.dist_timeout_s``) must outlast the
+Backend: torch's default for the device type (declip.device.backend_for). The group's timeout (``train.dist_timeout_s``) must outlast the
 longest wait at a barrier: rank 0 evaluates alone while the other ranks wait, and NCCL's 10-minute default
 would abort a run during a long ImageNet evaluation.
 """
@@ -23,6 +23,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from .device import backend_for
+
 
 # torch 2.14 renamed the single-tensor collectives; the old names remain (deprecated) back to torch 2.4
 _all_gather_single = getattr(dist, "all_gather_single", None) or getattr(dist, "all_gather_into_tensor", None)
@@ -34,6 +36,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1
 
     @property
     def is_main(self) -> bool:
@@ -47,9 +50,12 @@ class LaunchError(RuntimeError):
 def env_dist_info(env: dict | None = None) -> DistInfo:
     env = os.environ if env is None else env
     if "RANK" in env and "WORLD_SIZE" in env:
-        return DistInfo(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
+        return DistInfo(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
+                        int(env.get("LOCAL_WORLD_SIZE", 1)))
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and int(env["SLURM_NTASKS"]) > 1:
-        return DistInfo(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)))
+        per_node = env.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0].split(",")[0]
+        return DistInfo(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
+                        int(per_node) if per_node.isdigit() else 1)
     return DistInfo()
 
 
@@ -91,27 +97,18 @@ def rendezvous_env(env: dict | None = None) -> tuple[str, str]:
     return env["MASTER_ADDR"], env["MASTER_PORT"]
 
 
-def cuda_index(local_rank: int) -> int:
-    """The CUDA device of this process. With one visible device per task (SLURM --gpus-per-task=1, or
-    CUDA_VISIBLE_DEVICES set per process) it is device 0 whatever the local rank."""
-    n = torch.cuda.device_count()
-    if n == 0:
-        raise RuntimeError("train.device=cuda but no CUDA device is available")
-    return local_rank % n
-
-
-def init_distributed(device_type: str, timeout_s: float = 3600.0) -> DistInfo:
-    """Initialise the default process group when launched with several processes; no-op otherwise."""
+def init_distributed(device: torch.device, timeout_s: float = 3600.0) -> DistInfo:
+    """Initialise the default process group when launched with several processes; no-op otherwise. The
+    backend is torch's default for the device type (gloo on the CPU, nccl on CUDA, xccl on XPU, ...)."""
     info = env_dist_info()
     if info.world_size > 1 and not dist.is_initialized():
         rendezvous_env()
         kwargs = {}
-        if device_type == "cuda":
-            index = cuda_index(info.local_rank)
-            torch.cuda.set_device(index)
-            kwargs["device_id"] = torch.device("cuda", index)  # barriers know their device, no guessing
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", rank=info.rank,
-                                world_size=info.world_size, timeout=timedelta(seconds=timeout_s), **kwargs)
+        if device.type != "cpu":
+            getattr(torch, device.type).set_device(device)
+            kwargs["device_id"] = device  # barriers know their device, no guessing
+        dist.init_process_group(backend=backend_for(device), rank=info.rank, world_size=info.world_size,
+                                timeout=timedelta(seconds=timeout_s), **kwargs)
     return info
 
 

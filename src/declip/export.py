@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .config import config_from_dict
-from .data.tokenizer import EOT_ID, MASK_ID
+from .vocab import EOT_ID, MASK_ID
 from .data.views import IMAGENET_MEAN, IMAGENET_STD
 from .models.towers import build_clip, open_clip_model_cfg
 from .train.checkpoint import assert_finite, load_checkpoint

@@ -17,6 +17,8 @@ import random
 
 from PIL import Image, ImageDraw
 
+from .seeding import item_seed
+
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond", "hexagon", "ring", "crescent", "heart")
 COLOURS = {
     "red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (240, 220, 30),
@@ -153,7 +155,7 @@ def caption_for(attrs: dict, rng: random.Random) -> str:
 
 
 def _rng(seed: int, index: int) -> random.Random:
-    return random.Random(seed * 1_000_003 + index)
+    return random.Random(item_seed(seed, index))
 
 
 class BuiltinPairs:

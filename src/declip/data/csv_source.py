@@ -19,7 +19,9 @@ from PIL import Image
 
 from .decode import check_caption, load_image
 from .offsets import RecordFile, load_or_build
-from .errors import BadSample
+from ..errors import DataError
+from .errors import BadSample, require_file
+from .source_base import ReopenAfterPickle
 
 MULTILINE = 1  # index flag: some quoted field spans lines, so row numbers are not line numbers
 _BLOCK = 1 << 16
@@ -65,8 +67,10 @@ def scan_csv(path: Path, sep: str):
     return chunks(), lambda: MULTILINE if info["lines"] != info["records"] else 0
 
 
-class CsvSource:
+class CsvSource(ReopenAfterPickle):
     """Map-style source over a CSV/TSV: ``len()``, ``load(i) -> (RGB image, caption)``."""
+
+    _transient = ("starts", "file")
 
     def __init__(self, path: str | Path, root: str | Path = "", image_key: str = "filepath",
                  caption_key: str = "title", separator: str = "\t", image_size: int | None = None,
@@ -74,8 +78,7 @@ class CsvSource:
         self.path, self.root = Path(path), Path(root) if root else None
         self.image_key, self.caption_key, self.sep = image_key, caption_key, separator
         self.image_size, self.index_dir = image_size, index_dir
-        if not self.path.is_file():
-            raise FileNotFoundError(f"CSV file not found: {self.path}")
+        require_file(self.path, "CSV file")
         self._open()
         header = self._row(-1) if len(self.starts) > 1 else []
         if header:
@@ -83,7 +86,7 @@ class CsvSource:
         missing = [(k, n) for k, n in ((image_key, "data.csv_image_key"), (caption_key, "data.csv_caption_key"))
                    if k not in header]
         if missing:
-            raise ValueError(
+            raise DataError(
                 f"{self.path}: no column {', '.join(f'{k!r} ({n})' for k, n in missing)}; header has {header} "
                 f"(split with data.csv_separator={separator!r})")
         self.image_col, self.caption_col = header.index(image_key), header.index(caption_key)
@@ -92,13 +95,6 @@ class CsvSource:
         self.starts, self.flags = load_or_build(
             self.path, f"csv{ord(self.sep):x}", lambda p: scan_csv(p, self.sep), self.index_dir)
         self.file = RecordFile(self.path)
-
-    def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k not in ("starts", "file")}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._open()
 
     def __len__(self) -> int:
         return max(0, len(self.starts) - 2)

@@ -33,12 +33,15 @@ import re
 import threading
 import zlib
 from importlib import resources
+import typing
 from typing import Iterable, Mapping
+
+from ..config import DEFAULT_EDA_OPS, EdaOp
 
 __all__ = ["EDA", "EDAResourceError", "SynonymTable", "load_stopwords", "clean_caption", "ALL_OPS", "DEFAULT_OPS"]
 
-ALL_OPS = ("synonym", "swap", "delete", "insert")
-DEFAULT_OPS = ("synonym", "swap", "delete")
+ALL_OPS: tuple[str, ...] = typing.get_args(EdaOp)  # the op names are defined once, in the config's EdaOp
+DEFAULT_OPS = DEFAULT_EDA_OPS
 _TABLE_ASSET = "wordnet_synonyms.tsv.gz"
 _STOPWORDS_ASSET = "english_stopwords.txt"
 _REGENERATE = ("regenerate it with `apt-get install wordnet-base && "

@@ -1,6 +1,10 @@
 """Why a sample is unusable: the leaf every data source and the loader import (no circle through sources.py)."""
 from __future__ import annotations
 
+from pathlib import Path
+
+from ..errors import DataError
+
 # The one list of reasons a sample is skipped (file sources raise them via declip.data.decode):
 #   missing_file      image file (or a shard's image member) absent or unreadable
 #   empty_file        zero bytes
@@ -18,3 +22,16 @@ class BadSample(Exception):
         assert reason in SKIP_REASONS, reason
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail = reason, detail
+
+
+def require_file(path: Path, what: str) -> None:
+    """A data file the run cannot start without: a clear one-line :class:`DataError` if it is not a file."""
+    if path.is_dir():
+        raise DataError(f"{what} {path} is a folder, not a file")
+    if not path.is_file():
+        raise DataError(f"{what} not found: {path}")
+
+
+def require_dir(path: Path, what: str) -> None:
+    if not path.is_dir():
+        raise DataError(f"{what} {path} is not a folder" if path.exists() else f"{what} not found: {path}")

@@ -14,6 +14,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .errors import SKIP_REASONS, BadSample
+from .seeding import epoch_seed, item_seed
+from .source_base import Source
 from .text import TextPipeline, TextSpec
 from .views import build_train_views
 
@@ -31,7 +33,7 @@ class DataSpec:
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
-    return (((seed * 1_000_003) + epoch) * 2_147_483_647 + index) % (2**63 - 1)
+    return (item_seed(seed, epoch) * 2_147_483_647 + index) % (2**63 - 1)
 
 
 class ResumableSampler(Sampler):
@@ -50,7 +52,7 @@ class ResumableSampler(Sampler):
     def __iter__(self):
         epoch, offset = divmod(self.start, self.per_rank)
         while True:
-            g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
             perm = torch.randperm(self.size, generator=g)[: self.per_rank * self.world]
             mine = perm[self.rank :: self.world].tolist()
             for idx in mine[offset:]:
@@ -62,7 +64,7 @@ class ResumableSampler(Sampler):
 
 
 class PairDataset(Dataset):
-    def __init__(self, source, spec: DataSpec, image_size: int, seed: int = 0):
+    def __init__(self, source: Source, spec: DataSpec, image_size: int, seed: int = 0):
         self.source, self.spec, self.seed = source, spec, seed
         self.views = build_train_views(spec.augment, image_size, spec.n_views)
         self.text = TextPipeline(spec.text)
@@ -83,7 +85,7 @@ class PairDataset(Dataset):
             except BadSample as e:
                 skips[SKIP_REASONS.index(e.reason)] += 1
                 if len(examples) < MAX_EXAMPLES:
-                    examples.append(f"{self._key(j)}: {e}")
+                    examples.append(f"{self.source.key(j)}: {e}")
                 continue
             rng = random.Random(seed + attempt)
             with torch.random.fork_rng(devices=[]):
@@ -93,10 +95,6 @@ class PairDataset(Dataset):
             sample["skip_examples"] = examples
             return sample
         raise RuntimeError(f"{MAX_ATTEMPTS} consecutive unusable samples around index {index}: {examples}")
-
-    def _key(self, index: int) -> str:
-        key = getattr(self.source, "key", None)
-        return key(index) if key else str(index)
 
 
 def collate(samples: list[dict]) -> dict:

@@ -16,30 +16,28 @@ from PIL import Image
 
 from .decode import check_caption, load_image
 from .offsets import RecordFile, load_or_build, scan_lines
-from .errors import BadSample
+from ..errors import DataError
+from .errors import BadSample, require_file
+from .source_base import ReopenAfterPickle
 
 
-class ManifestSource:
+class ManifestSource(ReopenAfterPickle):
     """Map-style source over a JSON-lines manifest: ``len()``, ``load(i) -> (RGB image, caption)``."""
+
+    _transient = ("starts", "file")
 
     def __init__(self, path: str | Path, root: str | Path, image_size: int | None = None,
                  index_dir: str | None = None):
         self.path, self.root, self.image_size = Path(path), Path(root), image_size
         self.index_dir = index_dir
-        if not self.path.is_file():
-            raise FileNotFoundError(f"manifest not found: {self.path}")
+        require_file(self.path, "manifest")
         self._open()
+        if len(self) == 0:
+            raise DataError(f"manifest {self.path} is empty: no lines to train on")
 
     def _open(self) -> None:
         self.starts, _ = load_or_build(self.path, "lines", lambda p: (scan_lines(p), 0), self.index_dir)
         self.file = RecordFile(self.path)
-
-    def __getstate__(self):  # spawned workers re-map the cached index instead of receiving a copy
-        return {k: v for k, v in self.__dict__.items() if k not in ("starts", "file")}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._open()
 
     def __len__(self) -> int:
         return len(self.starts) - 1

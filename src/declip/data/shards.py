@@ -27,7 +27,9 @@ from PIL import Image
 
 from .decode import check_caption, decode_image
 from .offsets import RecordFile, load_or_build
+from ..errors import DataError
 from .errors import BadSample
+from .source_base import ReopenAfterPickle
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "tif", "tiff")  # first present wins
 
@@ -48,16 +50,16 @@ def expand_shards(pattern: str) -> list[Path]:
             if p.is_dir():
                 found = sorted(p.glob("*.tar"))
                 if not found:
-                    raise FileNotFoundError(f"data.path: folder {p} holds no *.tar shards")
+                    raise DataError(f"data.path: folder {p} holds no *.tar shards")
                 paths += found
             else:
                 paths.append(p)
     missing = [p for p in paths if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"data.path={pattern!r}: {len(missing)} of {len(paths)} shards missing, "
+        raise DataError(f"data.path={pattern!r}: {len(missing)} of {len(paths)} shards missing, "
                                 f"e.g. {missing[0]}")
     if not paths:
-        raise FileNotFoundError(f"data.path={pattern!r} names no shards")
+        raise DataError(f"data.path={pattern!r} names no shards")
     return paths
 
 
@@ -76,13 +78,15 @@ def scan_tar(path: Path):
                     prev = key
                 end = m.offset_data + -(-m.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
     except tarfile.ReadError as e:
-        raise ValueError(f"{path}: not an uncompressed tar ({e}); shards must be plain .tar for random "
+        raise DataError(f"{path}: not an uncompressed tar ({e}); shards must be plain .tar for random "
                          "access") from None
     return [np.asarray([*starts, end], dtype=np.int64)], 0
 
 
-class ShardSource:
+class ShardSource(ReopenAfterPickle):
     """Map-style source over webdataset shards: ``len()``, ``load(i) -> (RGB image, caption)``."""
+
+    _transient = ("first", "base", "starts", "files")
 
     def __init__(self, pattern: str, image_size: int | None = None, index_dir: str | None = None,
                  index_threads: int = 8):
@@ -102,13 +106,6 @@ class ShardSource:
         self.base = np.concatenate([[0], np.cumsum(counts + 1)])[:-1]  # where each shard's starts begin
         self.starts = np.concatenate(per_shard) if per_shard else np.zeros(0, np.int64)
         self.files = [RecordFile(p) for p in self.shards]
-
-    def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k not in ("first", "base", "starts", "files")}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._open()
 
     def __len__(self) -> int:
         return int(self.first[-1])

@@ -6,9 +6,11 @@ so a bad file never crashes a run and never goes unnoticed.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..config import DataConfig
 from .builtin import BuiltinPairs
-from .errors import SKIP_REASONS, BadSample  # noqa: F401  (re-exported: the public names)
+from .errors import SKIP_REASONS, BadSample, require_dir  # noqa: F401  (the first two re-exported)
 
 def build_source(cfg: DataConfig, image_size: int | None = None):
     """The configured source. ``image_size`` (the model's input side) lets file sources decode large JPEGs
@@ -19,6 +21,8 @@ def build_source(cfg: DataConfig, image_size: int | None = None):
     The same pairs written in the same order in any format give identical ``load(i)`` results.
     """
     index_dir = cfg.index_dir or None
+    if cfg.source in ("manifest", "csv") and cfg.root:
+        require_dir(Path(cfg.root), "data.root")
     if cfg.source == "builtin":
         return BuiltinPairs(cfg.builtin_size)
     if cfg.source == "manifest":
@@ -34,4 +38,4 @@ def build_source(cfg: DataConfig, image_size: int | None = None):
         from .shards import ShardSource
 
         return ShardSource(cfg.path, image_size, index_dir)
-    raise ValueError(f"data.source={cfg.source!r}: expected builtin, manifest, csv or webdataset")
+    raise ValueError(f"data.source={cfg.source!r}")  # unreachable: the config's Literal type admits no other

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .tokenizer import EOT_ID, MASK_ID, NUM_REGULAR_TOKENS, PAD_ID, SOT_ID, tokenize
+from ..config import DEFAULT_EDA_OPS
+from ..vocab import EOT_ID, IGNORE_INDEX as IGNORE, MASK_ID, NUM_REGULAR_TOKENS, PAD_ID, SOT_ID
+from .tokenizer import tokenize
 
-IGNORE = -100
 SPECIAL_IDS = (SOT_ID, EOT_ID, MASK_ID, PAD_ID)
 
 
@@ -38,7 +39,7 @@ def mask_tokens(ids: torch.Tensor, rng: random.Random, prob: float = 0.15) -> tu
 class TextSpec:
     context_length: int = 77
     eda: bool = False
-    eda_ops: tuple[str, ...] = ("synonym", "swap", "delete")
+    eda_ops: tuple[str, ...] = DEFAULT_EDA_OPS
     mlm: bool = False
     mask_prob: float = 0.15
 

@@ -9,12 +9,7 @@ import functools
 
 import torch
 
-SOT_ID = 49406
-EOT_ID = 49407
-MASK_ID = 49408
-VOCAB_SIZE = 49409
-PAD_ID = 0
-NUM_REGULAR_TOKENS = 49406  # ids [0, 49406) are ordinary BPE tokens: the pool for MLM's random replacement
+from ..vocab import EOT_ID, MASK_ID, NUM_REGULAR_TOKENS, PAD_ID, SOT_ID, VOCAB_SIZE  # noqa: F401  (re-exported)
 
 
 @functools.lru_cache(maxsize=4)

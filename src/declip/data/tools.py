@@ -8,7 +8,6 @@ work runs in a thread pool (PIL releases the GIL while decoding); work is submit
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import sys
@@ -28,7 +27,7 @@ def _ordered(fn: Callable, n: int, threads: int, progress: bool, desc: str) -> I
     from tqdm import tqdm
 
     chunk = max(64, 64 * threads)
-    bar = tqdm(total=n, desc=desc, disable=not progress, dynamic_ncols=True, mininterval=1, file=sys.stderr)
+    bar = tqdm(total=n, desc=desc, disable=not (progress and sys.stderr.isatty()), dynamic_ncols=True, mininterval=1, file=sys.stderr)
     with ThreadPoolExecutor(max(1, threads)) as pool:
         for lo in range(0, n, chunk):
             for r in pool.map(fn, range(lo, min(n, lo + chunk))):
@@ -175,50 +174,3 @@ def shard_manifest(path: str, root: str, out_dir: str, max_side: int = 256, shar
             for e in examples.get(reason, [])[:2]:
                 print(f"  {reason}: {e}", file=out)
     return stats
-
-
-# ----------------------------------------------------------------------------------------------- command line
-def cmd_check(args) -> int:
-    try:
-        report = check_manifest(args.manifest, args.root, args.threads, args.examples, args.image_size,
-                                progress=not args.no_progress)
-    except (FileNotFoundError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 1 if report["problems"] else 0
-
-
-def cmd_shard(args) -> int:
-    try:
-        stats = shard_manifest(args.manifest, args.root, args.out, args.max_side, args.shard_size,
-                               args.threads, args.quality, progress=not args.no_progress)
-    except (FileNotFoundError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0 if stats["samples"] else 1
-
-
-def add_data_parser(sub) -> None:
-    """Register ``declip data check|shard`` on the top-level sub-parsers."""
-    d = sub.add_parser("data", help="check a manifest, or convert it to webdataset shards")
-    dsub = d.add_subparsers(dest="data_command", required=True)
-
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("manifest", help="JSON-lines manifest (filename, caption, ...)")
-        p.add_argument("--root", required=True, help="folder the manifest's filenames are relative to")
-        p.add_argument("--threads", type=int, default=8)
-        p.add_argument("--no-progress", action="store_true")
-
-    c = dsub.add_parser("check", help="validate every line; exit status 1 if any is unusable")
-    common(c)
-    c.add_argument("--examples", type=int, default=5, help="examples shown per problem")
-    c.add_argument("--image-size", type=int, default=224, help="model input side (decode as training does)")
-    c.set_defaults(func=cmd_check)
-
-    s = dsub.add_parser("shard", help="write webdataset shards: key.jpg + key.txt + key.json")
-    common(s)
-    s.add_argument("--out", required=True, help="output folder for 00000.tar, 00001.tar, ...")
-    s.add_argument("--max-side", type=int, default=256, help="shrink so the longer side is at most this")
-    s.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
-    s.add_argument("--quality", type=int, default=95, help="JPEG quality of re-encoded images")
-    s.set_defaults(func=cmd_shard)

@@ -50,6 +50,7 @@ class ImageToTextInfoNCE(nn.Module):
 
 
 @torch.no_grad()
-def top1_accuracy(logits: torch.Tensor, offset: int) -> float:
+def top1_accuracy(logits: torch.Tensor, offset: int) -> torch.Tensor:
+    """A 0-d tensor on the logits' device: read by the trainer at log steps only (no host sync per step)."""
     labels = local_labels(logits.shape[0], logits.device, offset)
-    return (logits.argmax(dim=1) == labels).float().mean().item()
+    return (logits.detach().argmax(dim=1) == labels).float().mean()

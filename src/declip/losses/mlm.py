@@ -9,11 +9,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-IGNORE = -100
+from ..vocab import IGNORE_INDEX as IGNORE
 
 
 class MLMLoss(nn.Module):
-    def forward(self, tokens: torch.Tensor, labels: torch.Tensor, head: nn.Module) -> tuple[torch.Tensor, float]:
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor, head: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens [B, L, W] after ln_final, labels [B, L] (-100 = not masked). Returns (loss, accuracy)."""
         sel = labels != IGNORE
         if not bool(sel.any()):
@@ -22,5 +22,5 @@ class MLMLoss(nn.Module):
         logits = head(tokens[sel])
         target = labels[sel]
         loss = F.cross_entropy(logits, target)
-        acc = (logits.detach().argmax(-1) == target).float().mean().item()
+        acc = (logits.detach().argmax(-1) == target).float().mean()
         return loss, acc

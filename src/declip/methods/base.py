@@ -2,7 +2,8 @@
 
 A method owns its towers (``self.clip``, an open_clip model), its heads and any state it keeps across steps
 (registered buffers, so state_dict() carries it). ``forward(batch)`` returns (losses, metrics): losses are
-already weighted tensors that the trainer sums; metrics are floats that it logs.
+already weighted tensors that the trainer sums; metrics are detached 0-d tensors that it averages and logs at
+log steps (a float per step would make the host wait for the device at every step).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ class Method(nn.Module):
     def data_spec(cfg: Config) -> DataSpec:
         raise NotImplementedError
 
-    def forward(self, batch: dict) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    def forward(self, batch: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         raise NotImplementedError
 
     @torch.no_grad()

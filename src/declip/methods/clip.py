@@ -27,6 +27,6 @@ class CLIP(Method):
         scale = logit_scale_value(self.clip)
         img, txt = Gathered(image, gather=gather), Gathered(text, gather=gather)
         loss, logits = self.contrastive(img, txt, scale)
-        metrics = {"clip_raw": loss.item(), "clip_acc": top1_accuracy(logits, img.offset),
-                   "logit_scale": scale.item()}
+        metrics = {"clip_raw": loss.detach(), "clip_acc": top1_accuracy(logits, img.offset),
+                   "logit_scale": scale.detach()}
         return {"clip": loss}, metrics

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ..config import Config
 from ..data.loader import DataSpec
 from ..data.text import TextSpec
-from ..data.tokenizer import VOCAB_SIZE
+from ..vocab import VOCAB_SIZE
 from ..losses.contrastive import Gathered, ImageToTextInfoNCE, SymmetricInfoNCE, top1_accuracy
 from ..losses.mlm import MLMLoss
 from ..losses.nn_queue import NearestNeighborQueue
@@ -66,7 +66,7 @@ class DeCLIP(Method):
 
         losses, metrics = {}, {}
         scale = logit_scale_value(self.clip)
-        metrics["logit_scale"] = scale.item()
+        metrics["logit_scale"] = scale.detach()
         i1, i2 = F.normalize(f1, dim=-1), F.normalize(f2, dim=-1)
         t_all = F.normalize(text_feats, dim=-1)
         t, t_aug = t_all[:b], (t_all[b:] if use_aug else None)
@@ -81,7 +81,7 @@ class DeCLIP(Method):
             l22, _ = self.contrastive(g_i2, g_ta, scale)
             loss = (l11 + l21 + l12 + l22) / 4
             losses["clip"] = w["clip"] * loss
-            metrics["clip_raw"] = loss.item()
+            metrics["clip_raw"] = loss.detach()
             metrics["clip_acc"] = top1_accuracy(logits, offset)
 
         if w["simsiam"] > 0:
@@ -89,12 +89,12 @@ class DeCLIP(Method):
             p1, p2 = self.predictor(z1), self.predictor(z2)
             loss = self.simsiam(p1, p2, z1, z2)
             losses["simsiam"] = w["simsiam"] * loss
-            metrics["simsiam_raw"] = loss.item()
+            metrics["simsiam_raw"] = loss.detach()
 
         if w["mlm"] > 0:
             loss, acc = self.mlm(tokens[:b], batch["mlm_labels"], self.mlm_head)
             losses["mlm"] = w["mlm"] * loss
-            metrics["mlm_raw"], metrics["mlm_acc"] = loss.item(), acc
+            metrics["mlm_raw"], metrics["mlm_acc"] = loss.detach(), acc
 
         if w["nn"] > 0:
             nn_t, nn_ta = self.queue.nearest(t), self.queue.nearest(t_aug)  # bank as it was before this step
@@ -107,5 +107,5 @@ class DeCLIP(Method):
                 loss = sum(0.5 * (self.nn_loss(i, nn_t, offset, scale) + self.nn_loss(i, nn_ta, offset, scale))
                            for i in (i1, i2)) / 2
                 losses["nn"] = w["nn"] * loss
-                metrics["nn_raw"] = loss.item()
+                metrics["nn_raw"] = loss.detach()
         return losses, metrics

@@ -15,7 +15,7 @@ import torch.nn as nn
 from open_clip.model import CustomTextCLIP
 
 from ..config import ModelConfig
-from ..data.tokenizer import EOT_ID
+from ..vocab import EOT_ID
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
 LOGIT_SCALE_MIN, LOGIT_SCALE_MAX = 3.0, 6.0  # log space: effective scale in [20.1, 100] (reference clamp)

@@ -20,9 +20,13 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
+import zlib
 from pathlib import Path
 
 import torch
+
+from ..errors import CheckpointError, NonFiniteError
 
 CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
 TMP_RE = re.compile(r"^\..+\.pt\.tmp\.(\d+)$")
@@ -34,10 +38,16 @@ def atomic_torch_save(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+        except (OSError, RuntimeError) as e:  # a full disk surfaces as torch's "enforce fail" RuntimeError
+            free = shutil.disk_usage(path.parent).free / 2**20
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:120]
+            raise CheckpointError(f"cannot write {path} ({why}; {free:.0f} MiB free on that disk): free some "
+                                  "space or lower train.keep_last, then resume with --resume latest") from e
         os.replace(tmp, path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -78,11 +88,32 @@ def checkpoint_path(directory: Path, step: int) -> Path:
     return Path(directory) / f"ckpt_{step:08d}.pt"
 
 
-def assert_finite(state_dict: dict) -> None:
+def assert_finite(state_dict: dict, doing: str = "write a checkpoint") -> None:
     bad = [k for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point()
            and not bool(torch.isfinite(v).all())]
     if bad:
-        raise RuntimeError(f"refusing to write a checkpoint with non-finite weights: {bad[:5]}")
+        raise NonFiniteError(f"refusing to {doing}: non-finite weights in {bad[:5]}")
+
+
+def _tensors(tree, out: list) -> list:
+    if torch.is_tensor(tree):
+        out.append(tree)
+    elif isinstance(tree, dict):
+        for k in sorted(tree, key=str):
+            _tensors(tree[k], out)
+    elif isinstance(tree, (list, tuple)):
+        for v in tree:
+            _tensors(v, out)
+    return out
+
+
+def checksum(tree) -> int:
+    """CRC-32 of every tensor's bytes in a fixed order: torch.load does not verify a file's contents, so a
+    flipped bit in a weight would otherwise load without complaint."""
+    crc = 0
+    for t in _tensors(tree, []):
+        crc = zlib.crc32(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy(), crc)
+    return crc
 
 
 def remove_stale_tmp(directory: Path) -> None:
@@ -92,8 +123,13 @@ def remove_stale_tmp(directory: Path) -> None:
             p.unlink(missing_ok=True)
 
 
+def payload_checksum(payload: dict) -> int:
+    return checksum([payload.get("model", {}), payload.get("optimizer", {})])
+
+
 def save_checkpoint(directory: Path, step: int, payload: dict, keep_last: int) -> Path:
     assert_finite(payload["model"])
+    payload = {**payload, "checksum": payload_checksum(payload)}
     remove_stale_tmp(directory)
     path = checkpoint_path(directory, step)
     atomic_torch_save(payload, path)
@@ -106,6 +142,7 @@ def save_checkpoint(directory: Path, step: int, payload: dict, keep_last: int) -
 def save_best(directory: Path, payload: dict) -> Path:
     """``best.pt``: a full payload (it resumes like any checkpoint), replaced atomically on each improvement."""
     assert_finite(payload["model"])
+    payload = {**payload, "checksum": payload_checksum(payload)}
     path = Path(directory) / BEST_NAME
     atomic_torch_save(payload, path)
     return path
@@ -114,19 +151,28 @@ def save_best(directory: Path, payload: dict) -> Path:
 def resolve_resume(spec: str, directory: Path) -> Path | None:
     """``latest`` -> newest ``ckpt_*.pt`` in the run directory (None if there is none); ``best`` -> its
     ``best.pt``; otherwise a path."""
-    if spec == "best":
-        spec = str(Path(directory) / BEST_NAME)
     if spec == "latest":
         found = list_checkpoints(directory)
         return found[-1][1] if found else None
-    path = Path(spec)
+    path = Path(directory) / BEST_NAME if spec == "best" else Path(spec)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {spec}")
+        raise CheckpointError(f"--resume {spec}: checkpoint not found: {path}")
     return path
 
 
-def load_checkpoint(path: Path, map_location="cpu") -> dict:
+def load_checkpoint(path: Path, map_location="cpu", require: tuple[str, ...] = ("model", "config", "step")) -> dict:
+    """A verified payload, or :class:`CheckpointError` naming the file and what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated / foreign files: say which file
-        raise RuntimeError(f"cannot load checkpoint {path}: {e}") from e
+        raise CheckpointError(f"cannot load checkpoint {path}: truncated or not a torch file "
+                              f"({str(e).splitlines()[0][:100]})") from e
+    missing = [k for k in require if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a declip checkpoint (no {', '.join(map(repr, missing))})")
+    if isinstance(state, dict) and "checksum" in state and payload_checksum(state) != state["checksum"]:
+        raise CheckpointError(f"{path} is corrupt: its tensors do not match the checksum written with them")
+    return state

@@ -6,18 +6,98 @@ import logging
 import os
 import sys
 import time
+from collections import deque
 from pathlib import Path
+
+import torch
+
+from .. import distributed as dist
 
 log = logging.getLogger("declip")
 
 
+class ConsoleHandler(logging.StreamHandler):
+    """Writes through tqdm, so a log line never breaks a progress bar drawn on the terminal."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001  (logging must never raise)
+            self.handleError(record)
+
+
 def setup_logging(output_dir: Path | None, is_main: bool) -> None:
+    """Rank 0 logs to stdout and to ``train.log`` (every line, errors included); other ranks warnings only."""
     level = logging.INFO if is_main else logging.WARNING
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    handlers: list[logging.Handler] = [ConsoleHandler(sys.stdout)]
     if output_dir is not None and is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(output_dir / "train.log"))
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", handlers=handlers, force=True)
+
+
+class MetricMeter:
+    """Sums of each step's losses and metrics since the last log line, kept as tensors on the device: a step
+    never waits for the device to report a number. ``reduce`` averages them over the steps and the ranks in
+    one all-reduce (the keys are the same on every rank: the methods' outputs depend only on the config)."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps = 0
+        self.amp_overflows = 0
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.steps += 1
+
+    def reduce(self, device: torch.device) -> dict[str, float]:
+        if not self.steps:
+            return {}
+        keys = sorted(self.sums)
+        mean = torch.stack([self.sums[k].to(device) for k in keys]) / self.steps
+        mean = dist.all_reduce_sum(mean) / dist.get_world_size()
+        self.sums, self.steps = {}, 0
+        return dict(zip(keys, mean.tolist()))
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type != "cpu":
+        getattr(torch, device.type).synchronize()
+
+
+class StepClock:
+    """Throughput between log lines. The host runs ahead of an accelerator, so time is read only after a
+    synchronize at a log step (not every step); evaluation and checkpoint time is excluded via ``pause``."""
+
+    def __init__(self, step: int):
+        self.t, self.step, self.wait, self.paused = time.perf_counter(), step, 0.0, 0.0
+        self.laps: deque[tuple[int, float, float, int]] = deque(maxlen=100)  # steps, seconds, wait, batch
+
+    def pause(self, seconds: float) -> None:
+        self.paused += seconds
+
+    def lap(self, step: int, device: torch.device, global_batch: int) -> dict[str, float]:
+        synchronize(device)
+        now = time.perf_counter()
+        seconds = max(now - self.t - self.paused, 1e-9)
+        self.laps.append((step - self.step, seconds, self.wait, global_batch))
+        steps, wait = step - self.step, self.wait
+        self.t, self.step, self.wait, self.paused = now, step, 0.0, 0.0
+        return {"images_per_s": global_batch * steps / seconds, "data_wait": wait / seconds}
+
+    def summary(self, window: int = 100) -> dict[str, float]:
+        """FPS over the last ``window`` steps (whole log intervals): the performance-mode figure."""
+        steps = seconds = wait = images = 0
+        for n, dt, w, batch in reversed(self.laps):
+            steps, seconds, wait, images = steps + n, seconds + dt, wait + w, images + n * batch
+            if steps >= window:
+                break
+        if not steps:
+            return {}
+        return {"fps": images / seconds, "data_wait": wait / seconds, "fps_steps": steps}
 
 
 def _parse_lines(path: Path) -> list[dict]:

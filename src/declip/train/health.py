@@ -1,0 +1,82 @@
+"""The run's health checks, each a small object testable without building a trainer.
+
+- :class:`SkipRateGuard`: the data is allowed a share of unusable samples (``data.max_skip_rate``); past it
+  the run stops with the per-reason counts and examples, instead of quietly training on what is left.
+- :class:`NonFiniteGuard`: a step whose loss or gradients hold NaN or inf is skipped (or stops the run with
+  ``train.nonfinite=stop``); so many skips in a row that the run cannot be recovering
+  (``train.max_nonfinite_skips``), or a non-finite value that reached a buffer (BatchNorm statistics, the NN
+  queue: a skipped update cannot undo that), stop it, naming the step and the last good checkpoint.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..data.errors import SKIP_REASONS
+from ..errors import DataQualityError, NonFiniteError
+
+MIN_SEEN = 200  # the skip rate is judged only once this many samples were drawn (a few bad files early on
+# would otherwise stop a healthy run)
+
+
+class SkipRateGuard:
+    def __init__(self, max_rate: float, counts: torch.Tensor | None = None):
+        self.max_rate = max_rate
+        self.counts = torch.zeros(len(SKIP_REASONS), dtype=torch.long) if counts is None else counts.cpu()
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+    def by_reason(self, nonzero: bool = True) -> dict[str, int]:
+        return {r: int(c) for r, c in zip(SKIP_REASONS, self.counts) if c or not nonzero}
+
+    def add(self, skips: torch.Tensor, consumed: int, examples: Iterable[str] = ()) -> None:
+        """Count a batch's skips; raise once more than ``max_rate`` of all drawn samples were unusable."""
+        self.counts += skips.cpu()
+        bad = self.total
+        seen = bad + consumed
+        if seen >= MIN_SEEN and bad / seen > self.max_rate:
+            raise DataQualityError(
+                f"{bad} of {seen} samples unusable ({100 * bad / seen:.1f}% > data.max_skip_rate="
+                f"{100 * self.max_rate:.1f}%): {self.by_reason()}; e.g. {list(examples)}; check the data with "
+                "`declip data check`")
+
+
+def nonfinite_buffers(module: nn.Module) -> list[str]:
+    """Names of floating buffers holding NaN or inf. Attention masks hold -inf by design and are skipped."""
+    return [n for n, b in module.named_buffers() if b.is_floating_point() and not n.endswith("attn_mask")
+            and not bool(torch.isfinite(b).all())]
+
+
+def nonfinite_weights(state_dict: dict) -> list[str]:
+    return [k for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point()
+            and not bool(torch.isfinite(v).all())]
+
+
+class NonFiniteGuard:
+    def __init__(self, policy: str, max_consecutive: int, total: int = 0):
+        self.policy, self.max_consecutive = policy, max_consecutive
+        self.total, self.consecutive = total, 0
+
+    def ok(self) -> None:
+        self.consecutive = 0
+
+    def skipped(self, step: int, what: str, module: nn.Module, last_checkpoint: Path | None) -> None:
+        """Account a skipped step; raise :class:`NonFiniteError` when the run must stop instead."""
+        self.total += 1
+        self.consecutive += 1
+        resume = (f"last good checkpoint: {last_checkpoint} (resume with --resume latest, e.g. with a lower "
+                  "optim.lr)" if last_checkpoint else "no checkpoint written yet")
+        if self.policy == "stop":
+            raise NonFiniteError(f"{what} at step {step} and train.nonfinite=stop; {resume}")
+        bad = nonfinite_buffers(module)
+        if bad:
+            raise NonFiniteError(f"{what} at step {step} left non-finite buffers {bad[:3]}, which skipping the "
+                                 f"update cannot undo; {resume}")
+        if self.consecutive > self.max_consecutive:
+            raise NonFiniteError(f"{what} at step {step}: {self.consecutive} steps in a row skipped (> "
+                                 f"train.max_nonfinite_skips={self.max_consecutive}): the run diverged; {resume}")

@@ -1,0 +1,92 @@
+"""What a run may do with its output folder: start fresh, resume, or refuse, decided before anything is built.
+
+- A fresh run into a folder that holds another run's checkpoints is refused (a later ``--resume latest`` would
+  silently continue the other run); ``--overwrite`` removes that run's checkpoints and metrics first.
+- ``--resume latest`` with nothing to resume is an error; ``--resume latest-or-new`` starts fresh then (for
+  requeue scripts that cannot know whether the first attempt got as far as a checkpoint).
+- Resuming compares the checkpoint's config with this one: what changes the model's or method's shape is
+  refused; a change to how it trains (lr, batch, seed, data, ...) is listed and needs ``--allow-config-change``;
+  run-control settings (steps, logging, checkpoint cadence, workers, evaluation) may change freely. The
+  previous ``config.yaml`` is kept as ``config.<step>.yaml``.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ..errors import CheckpointError, RunDirError
+from .checkpoint import BEST_NAME, list_checkpoints
+from .checkpoint import resolve_resume as find_checkpoint
+
+SHAPE_PREFIXES = ("model.", "method.name", "method.simsiam_proj_dim", "method.simsiam_pred_dim",
+                  "method.queue_size")
+FREE_PREFIXES = ("train.steps", "train.log_every", "train.ckpt_every", "train.keep_last", "train.progress",
+                 "train.tensorboard", "train.output_dir", "train.dist_timeout_s", "train.max_nonfinite_skips",
+                 "train.mode", "data.num_workers", "data.pin_memory", "data.index_dir", "eval.")
+RUN_FILES = ("metrics.jsonl", "tensorboard", "config.yaml", "train.log")
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(old: dict, new: dict) -> list[tuple[str, object, object]]:
+    a, b = flatten(old), flatten(new)
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def _weight_switch(key: str, old, new) -> bool:
+    """A DeCLIP loss weight going to or from 0 adds or removes a head: a shape change."""
+    return key.startswith("method.") and key.endswith("_weight") and (old == 0) != (new == 0)
+
+
+def check_resume_config(old: dict, new: dict, allow_change: bool) -> list[str]:
+    """Raise for a change the checkpoint cannot follow; return the accepted changes as ``key: old -> new``."""
+    changes = config_changes(old, new)
+    shape = [c for c in changes if c[0].startswith(SHAPE_PREFIXES) or _weight_switch(*c)]
+    if shape:
+        listed = ", ".join(f"{k}: {o!r} -> {n!r}" for k, o, n in shape)
+        raise CheckpointError(f"cannot resume: the checkpoint was trained with a different model/method shape "
+                              f"({listed}); start a new run in another train.output_dir")
+    train = [c for c in changes if not c[0].startswith(FREE_PREFIXES)]
+    if train and not allow_change:
+        listed = ", ".join(f"{k}: {o!r} -> {n!r}" for k, o, n in train)
+        raise CheckpointError(f"resuming with a changed config ({listed}); pass --allow-config-change to accept, "
+                              "or resume with the checkpoint's settings")
+    return [f"{k}: {o!r} -> {n!r}" for k, o, n in changes]
+
+
+def resume_path(spec: str | None, directory: Path, overwrite: bool = False) -> Path | None:
+    """The checkpoint to resume from (None = a fresh run), after the folder checks above."""
+    directory = Path(directory)
+    found = list_checkpoints(directory)
+    if spec is None or (spec == "latest-or-new" and not found):
+        if found or (directory / BEST_NAME).exists():
+            if not overwrite:
+                newest = found[-1][1].name if found else BEST_NAME
+                raise RunDirError(f"{directory} already holds a run's checkpoints (newest: {newest}): resume it "
+                                  "with --resume latest, choose another train.output_dir, or pass --overwrite to "
+                                  "replace it")
+            clear_run(directory)
+        return None
+    if spec in ("latest", "latest-or-new"):
+        if not found:
+            raise RunDirError(f"--resume latest: no checkpoint (ckpt_*.pt) in {directory} to resume; use "
+                              "--resume latest-or-new to start fresh when there is none")
+        return found[-1][1]
+    return find_checkpoint(spec, directory)
+
+
+def clear_run(directory: Path) -> None:
+    for _, p in list_checkpoints(directory):
+        p.unlink()
+    (directory / BEST_NAME).unlink(missing_ok=True)
+    for name in RUN_FILES:
+        p = directory / name
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
