@@ -13,7 +13,7 @@ from declip.data.loader import DataSpec, PairDataset, build_train_loader
 from declip.data.manifest import ManifestSource
 from declip.data.errors import SKIP_REASONS, BadSample
 from declip.errors import DataQualityError
-from declip.train.trainer import Trainer
+from declip.train.health import SkipRateGuard
 
 W, H = 64, 48
 LONG = " ".join(["a long caption about a small boat on a lake"] * 40)
@@ -144,29 +144,23 @@ def test_dataset_counts_every_failed_attempt(bad_data):
     assert len(batch["skip_examples"]) == 3
 
 
-def _bare_trainer(cfg):
-    t = Trainer.__new__(Trainer)  # only the state _check_skips reads
-    t.cfg, t.consumed, t.skips = cfg, 0, torch.zeros(len(SKIP_REASONS), dtype=torch.long)
-    return t
-
-
 def test_trainer_stops_past_the_skip_rate_naming_examples(bad_data, tiny_cfg):
     manifest, root, reasons = bad_data
     cfg = tiny_cfg("data.source=manifest", f"data.path={manifest}", f"data.root={root}", "data.max_skip_rate=0.2")
     ds = PairDataset(ManifestSource(manifest, root, image_size=32), DataSpec(), image_size=32)
-    t = _bare_trainer(cfg)
+    guard, consumed = SkipRateGuard(cfg.data.max_skip_rate), 0
     with pytest.raises(DataQualityError) as e:
         for batch in build_train_loader(ds, 8, 0, 0, 1, seed=0):  # 9 of 16 lines unusable
-            t._check_skips(batch)
-            t.consumed += 8
+            consumed += 8
+            guard.add(batch["skips"], consumed, batch["skip_examples"])
     msg = str(e.value)
     assert "data.max_skip_rate=20.0%" in msg and "of " in msg and "bad.jsonl:" in msg
     assert any(f"'{r}'" in msg for r in SKIP_REASONS)
-    assert t.consumed + int(t.skips.sum()) >= 200  # not before 200 samples: a few bad ones early are noise
+    assert consumed + guard.total >= 200  # not before 200 samples: a few bad ones early are noise
 
-    cfg.data.max_skip_rate = 0.9  # same data under a tolerant threshold: runs on
-    t = _bare_trainer(cfg)
+    guard, consumed = SkipRateGuard(0.9), 0  # same data under a tolerant threshold: runs on
     loader = iter(build_train_loader(ds, 8, 0, 0, 1, seed=0))
     for _ in range(40):
-        t._check_skips(next(loader))
-        t.consumed += 8
+        batch = next(loader)
+        consumed += 8
+        guard.add(batch["skips"], consumed, batch["skip_examples"])

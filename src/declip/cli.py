@@ -130,7 +130,10 @@ def one_line(error: BaseException) -> str:
         return f"disk full: {error}"
     if isinstance(error, (FileNotFoundError, IsADirectoryError, PermissionError)):
         return str(error)
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    lines = str(error).strip().splitlines()
+    if lines and lines[0].startswith("Caught ") and "Original Traceback" in str(error):  # from a loader worker
+        return lines[-1].split(": ", 1)[-1]
+    return lines[0] if lines else type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -201,7 +201,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     every: int = 0  # 0 = only at the end of training
-    builtin: bool = True  # the built-in held-out zero-shot task
+    builtin: bool = True  # the built-in held-out zero-shot task (default off when training on other data)
     val_manifest: str = ""  # ImageNet val_official.json (JSON lines)
     val_root: str = ""  # flat folder of ImageNet val images
     batch_size: int = 128
@@ -398,6 +398,11 @@ def config_from_dict(tree: dict, sources: dict[str, str] | None = None) -> Confi
     preset = _coerce(model.get("preset", ModelConfig.preset), PresetName, "model.preset",
                      sources.get("model.preset", "config"))
     tree["model"] = _deep_merge(PRESETS[preset], model)
+    data, ev = tree.get("data", {}), tree.get("eval", {})
+    if isinstance(ev, dict) and "builtin" not in ev and isinstance(data, dict) and \
+            data.get("source", DataConfig.source) != "builtin":
+        tree["eval"] = {**ev, "builtin": False}  # the built-in shapes task says nothing about a user's data
+        sources["eval.builtin"] = f"default for data.source={data.get('source')}"
     cfg = _build(Config, tree, sources)
     validate(cfg, sources)
     return cfg

@@ -21,6 +21,7 @@ Use: ``open_clip.create_model_and_transforms('local-dir:OUT_DIR')`` and ``open_c
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -59,7 +60,7 @@ def export_open_clip(checkpoint: str | Path, out_dir: str | Path) -> Path:
     state = load_checkpoint(checkpoint)
     cfg = config_from_dict(state["config"])
     towers = tower_state_dict(state["model"])
-    assert_finite(towers)
+    assert_finite(towers, doing=f"export {checkpoint}")
     # Fail here, naming the keys, rather than in the user's open_clip call: the weights must fit the config.
     probe = build_clip(cfg.model)
     missing, unexpected = probe.load_state_dict(towers, strict=False)
@@ -78,6 +79,9 @@ def export_open_clip(checkpoint: str | Path, out_dir: str | Path) -> Path:
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in towers.items()}
     save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt", "source": "declip", "step": str(step)})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(out / WEIGHTS_NAME, 0o666 & ~umask)  # safetensors writes 0600: share it like any other output file
     (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     (out / "README.md").write_text(_readme(checkpoint, step, cfg.method.name), encoding="utf-8")
     return out

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..errors import DataQualityError
 from .errors import SKIP_REASONS, BadSample
 from .seeding import epoch_seed, item_seed
 from .source_base import Source
@@ -94,7 +95,8 @@ class PairDataset(Dataset):
             sample = {"images": views, **self.text(caption, rng), "index": torch.tensor(j), "skips": skips}
             sample["skip_examples"] = examples
             return sample
-        raise RuntimeError(f"{MAX_ATTEMPTS} consecutive unusable samples around index {index}: {examples}")
+        raise DataQualityError(f"{MAX_ATTEMPTS} consecutive unusable samples around index {index}: {examples}; "
+                               "check the data with `declip data check`")
 
 
 def collate(samples: list[dict]) -> dict:

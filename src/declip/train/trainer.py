@@ -37,10 +37,11 @@ from .run_dir import check_resume_config, resume_path
 
 
 def ignore_preemption_in_worker(chained, worker_id: int) -> None:
-    """worker_init_fn: data-loader workers ignore SIGTERM/SIGUSR1. Preemption signals reach the whole process
-    group; torch's worker handler dies on SIGTERM, and the trainer then fails with "DataLoader worker is killed
-    by signal" before it can save. The trainer owns the workers' lifetime: :func:`stop_loader_workers`."""
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
+    """worker_init_fn: data-loader workers ignore SIGTERM/SIGUSR1/SIGINT. Preemption signals (and Ctrl-C) reach
+    the whole process group; a worker that died of one would make the trainer fail with "DataLoader worker is
+    killed by signal" before it can save (or say "interrupted"). The trainer owns the workers' lifetime:
+    :func:`stop_loader_workers`."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
     if chained is not None:
         chained(worker_id)
