@@ -17,7 +17,7 @@ from declip.data.tokenizer import tokenize
 from declip.methods import build_method
 from declip.train.accel import SyncBNUnsupported, effective_precision, prepare_method, scaled_step
 from dist_worker import make_batch
-from helpers import TINY_RN, tiny_overrides
+from helpers import TINY_RN, tiny_config, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -149,7 +149,7 @@ def test_sync_bn_converts_tower_and_heads():
 
 
 def test_sync_bn_refused_for_cpu_process_groups():
-    cfg = load_config(None, small("method.name=declip", "train.sync_bn=true"))
+    cfg = tiny_config("method.name=declip", "train.sync_bn=true", small=True)
     with pytest.raises(SyncBNUnsupported, match="needs CUDA"):
         prepare_method(build_method(cfg), cfg, "cpu", world_size=2)
 
@@ -168,7 +168,7 @@ def compiled_matches_eager(monkeypatch, backend: str | None) -> None:
         return real_compile(self, *args, **kwargs)
 
     monkeypatch.setattr(nn.Module, "compile", recording)
-    cfg = load_config(None, small("method.name=clip", "train.compile=true"))
+    cfg = tiny_config("method.name=clip", "train.compile=true", small=True)
     torch.manual_seed(0)
     method = build_method(cfg)
     eager = copy.deepcopy(method).eval()

@@ -78,8 +78,9 @@ def test_resume_latest_reaches_the_same_weights(tiny_cfg, tmp_path, monkeypatch)
 def test_cli_train_then_eval_reproduces_accuracy(tmp_path, capsys):
     out = tmp_path / "cli"
     # the demo config itself (tiny-rn towers), shortened: what `declip train` runs with no --config
-    args = ["train", "--config", str(demo_config_path()), "train.steps=3", "train.batch_size=8", "data.num_workers=0", "model.vision.image_size=32",
-            "method.queue_size=64", "train.progress=false", "eval.max_images=40", f"train.output_dir={out}"]
+    args = ["train", "--config", str(demo_config_path()), "train.steps=3", "train.batch_size=8",
+            "data.num_workers=0", "model.vision.image_size=32", "method.queue_size=64", "train.progress=false",
+            "eval.max_images=40", f"train.output_dir={out}"]
     assert cli_main(args) == 0
     printed = capsys.readouterr().out
     assert "zero-shot top-1" in printed and "checkpoint:" in printed
