@@ -13,7 +13,6 @@ from declip.export import CONFIG_NAME, WEIGHTS_NAME, export_open_clip
 from declip.methods import build_method
 from helpers import TINY_RN
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
