@@ -4,20 +4,27 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may reach a model hub
 
-from declip.config import load_config  # noqa: E402
-
-TINY = [
-    "train.steps=4", "train.batch_size=8", "data.num_workers=0", "model.vision.image_size=32",
-    "model.vision.patch_size=8", "model.vision.width=64", "model.text.width=64", "model.embed_dim=64",
-    "method.queue_size=64", "method.simsiam_proj_dim=32", "method.simsiam_pred_dim=16",
-    "train.progress=false", "train.tensorboard=false", "eval.max_images=20", "train.log_every=1",
-    "optim.warmup_steps=2", "train.ckpt_every=0", "data.builtin_size=512",
-]
+from helpers import tiny_config  # noqa: E402  (tests/helpers.py: the one tiny config, the metrics readers)
 
 
 @pytest.fixture
 def tiny_cfg(tmp_path):
-    def make(*overrides):
-        return load_config(None, [*TINY, f"train.output_dir={tmp_path / 'run'}", *overrides])
+    """``tiny_cfg(*overrides, small=False)``: the tiny config (tests/helpers.py) writing to tmp_path/run."""
+
+    def make(*overrides, small=False):
+        return tiny_config(f"train.output_dir={tmp_path / 'run'}", *overrides, small=small)
 
     return make
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, torch's default threads oversubscribe the CPU and a
+    tiny step takes seconds instead of a tenth of one. Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -27,19 +27,15 @@ from pathlib import Path
 
 import torch
 
-from declip.config import Config, load_config
+from declip.config import Config
 from declip.data.tokenizer import EOT_ID, MASK_ID, SOT_ID
 from declip.losses.nn_queue import NearestNeighborQueue
 from declip.methods import build_method
 
+from helpers import tiny_config  # tests/ is on sys.path: this file runs as a script from there
+
 PER_RANK = 4  # rows per rank
 MASKS_PER_ROW = 2
-SMALL = [  # the tests' tiny towers, smaller still: this runs 4 cases x 3 processes
-    "train.batch_size=4", "data.num_workers=0", "model.vision.image_size=32", "model.vision.patch_size=16",
-    "model.vision.width=32", "model.vision.head_width=16", "model.text.width=32", "model.text.heads=2",
-    "model.embed_dim=32", "model.text.context_length=16", "method.queue_size=16", "method.simsiam_proj_dim=16",
-    "method.simsiam_pred_dim=8", "train.output_dir=unused",
-]
 CASES: dict[str, list[str]] = {
     "clip": ["method.name=clip"],
     "clip_local": ["method.name=clip", "method.local_loss=true"],
@@ -49,7 +45,8 @@ CASES: dict[str, list[str]] = {
 
 
 def case_config(name: str) -> Config:
-    return load_config(None, [*SMALL, *CASES[name]])
+    """The tests' tiny config, smaller still (``small=True``): this runs 4 cases x 3 processes."""
+    return tiny_config(*CASES[name], small=True)
 
 
 def make_batch(cfg: Config, n: int, seed: int = 1) -> dict:

@@ -10,19 +10,12 @@ import torch
 from declip.train import checkpoint as ckpt
 from declip.train.checkpoint import (list_checkpoints, load_checkpoint, resolve_resume, rng_state, save_best,
                                      save_checkpoint, set_rng_state)
-from declip.train.metrics import read_metrics
 from declip.errors import CheckpointError, NonFiniteError as NonFiniteLoss
 from declip.train.trainer import Trainer
+from helpers import metrics
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, torch's default threads oversubscribe the CPU and a
-    tiny step takes seconds instead of a tenth of one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_trainer(cfg, setup=None):
@@ -62,8 +55,8 @@ def test_payload_holds_everything_and_loads_weights_only(tiny_cfg):
     assert all(int(s["step"]) == 2 for s in state["optimizer"]["state"].values())
     assert state["config"] == cfg.to_dict()
     (rng,) = state["rng"]
-    version, internal, gauss = rng["python"]
-    assert rng["torch"].dtype == torch.uint8 and len(internal) == 625
+    version, internal, _gauss = rng["python"]  # random.getstate()
+    assert version == 3 and rng["torch"].dtype == torch.uint8 and len(internal) == 625
     assert all_finite(model)
 
 
@@ -182,9 +175,11 @@ def test_nonfinite_skip_counts_continues_and_keeps_nan_out(tiny_cfg):
     cfg = tiny_cfg("train.steps=4", "train.ckpt_every=1", "train.keep_last=10", "eval.builtin=false")
     _, summary = run_trainer(cfg, lambda t: poison_on_call(t.method.clip.text, 1))  # step 2's text
     assert summary["nonfinite_steps"] == 1 and summary["step"] == 4
-    rows = [r for r in read_metrics(cfg.train.output_dir) if r["kind"] == "train"]
+    rows = metrics(cfg.train.output_dir)
     assert [r["step"] for r in rows] == [1, 3, 4] and rows[1]["nonfinite_steps"] == 1
-    for _, path in list_checkpoints(cfg.train.output_dir):
+    saved = list_checkpoints(cfg.train.output_dir)
+    assert [s for s, _ in saved] == [1, 3, 4]  # the skipped step saved nothing either
+    for _, path in saved:
         assert all_finite(load_checkpoint(path)["model"]), path
     final = load_checkpoint(resolve_resume("latest", cfg.train.output_dir))["model"]
     assert int(final["steps_done"]) == 3  # the skipped step made no update

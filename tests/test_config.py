@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from declip.config import Config, ConfigError, demo_config_path, load_config
+from declip.config import ConfigError, demo_config_path, dump_config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,19 +61,56 @@ def test_presets_fill_model_and_explicit_keys_win():
     assert cfg.model.vision.image_size == 256 and cfg.model.vision.patch_size == 32
 
 
-def test_shipped_configs_load():
-    for path in sorted((ROOT / "configs").glob("*.yaml")):
-        cfg = load_config(path)
-        assert isinstance(cfg, Config), path
-    ref = load_config(ROOT / "configs" / "declip_vitb32_yfcc15m.yaml")
-    assert (ref.optim.lr, ref.optim.weight_decay, ref.optim.betas, ref.optim.eps) == (1e-3, 0.1, [0.9, 0.98], 1e-8)
-    assert (ref.optim.warmup_steps, ref.optim.warmup_start_lr, ref.optim.cosine_steps) == (2500, 1e-4, 128001)
-    assert ref.train.batch_size == 128 and ref.method.queue_size == 65536
-    assert (ref.method.clip_weight, ref.method.simsiam_weight, ref.method.mlm_weight, ref.method.nn_weight) == (
-        0.4, 0.2, 0.2, 0.2)
+SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_config_round_trips_through_dump_config(path, tmp_path):
+    cfg = load_config(path)
+    dumped = tmp_path / "dumped.yaml"
+    dumped.write_text(dump_config(cfg))
+    again = load_config(dumped)
+    assert again == cfg  # every value survives, and the dump is itself a valid config file
+    assert dump_config(again) == dump_config(cfg)
+
+
+YFCC15M = sorted((ROOT / "configs").glob("*_yfcc15m.yaml"))
+
+
+def test_the_parametrized_config_tests_see_every_shipped_file():  # an empty glob would skip them silently
+    assert {p.name for p in YFCC15M} == {f"{method}_{model}_yfcc15m.yaml" for method in ("clip", "declip")
+                                         for model in ("rn50", "vitb32")}
+    assert {p.name for p in SHIPPED} == {p.name for p in YFCC15M} | {"demo.yaml"}
+
+
+@pytest.mark.parametrize("path", YFCC15M, ids=[p.stem for p in YFCC15M])
+def test_yfcc15m_configs_are_the_reference_recipe(path):
+    """The published DeCLIP/CLIP YFCC15M recipe, 32 GPUs x 128 = global batch 4096, ~32 epochs."""
+    method, model = path.stem.split("_")[:2]  # declip_vitb32_yfcc15m -> declip, vitb32
+    cfg = load_config(path)
+    assert cfg.method.name == method
+    assert cfg.model.preset == {"vitb32": "vit-b-32", "rn50": "rn50"}[model]
+    o = cfg.optim
+    assert (o.lr, o.weight_decay, o.betas, o.eps) == (1e-3, 0.1, [0.9, 0.98], 1e-8)
+    assert (o.warmup_steps, o.warmup_start_lr, o.cosine_steps) == (2500, 1e-4, 128001)
+    assert (cfg.train.steps, cfg.train.batch_size, cfg.train.precision) == (128001, 128, "fp32")
+    assert cfg.data.source == "manifest" and cfg.eval.val_manifest and cfg.eval.val_root
+    if method == "declip":
+        m = cfg.method
+        assert (m.clip_weight, m.simsiam_weight, m.mlm_weight, m.nn_weight) == (0.4, 0.2, 0.2, 0.2)
+        assert (m.queue_size, m.mask_prob, m.simsiam_proj_dim, m.simsiam_pred_dim) == (65536, 0.15, 1024, 512)
+        assert m.eda_ops == ["synonym", "swap", "delete"]
+    if model == "rn50":
+        assert cfg.model.vision.kind == "resnet" and cfg.model.vision.layers == [3, 4, 6, 3]
+        assert cfg.model.embed_dim == 1024
+    else:
+        assert cfg.model.vision.kind == "vit" and cfg.model.vision.patch_size == 32
+        assert cfg.model.vision.image_size == 224 and cfg.model.embed_dim == 512
 
 
 def test_demo_is_the_packaged_file():
     assert (ROOT / "configs" / "demo.yaml").read_text() == demo_config_path().read_text()
     cfg = load_config(demo_config_path())
     assert cfg.method.name == "declip" and cfg.data.source == "builtin"
+    m = cfg.method  # demo-sized towers and data, the reference loss weights
+    assert (m.clip_weight, m.simsiam_weight, m.mlm_weight, m.nn_weight) == (0.4, 0.2, 0.2, 0.2)

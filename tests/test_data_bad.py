@@ -121,6 +121,7 @@ def test_dataset_counts_every_failed_attempt(bad_data):
     manifest, root, reasons = bad_data
     ds = PairDataset(ManifestSource(manifest, root, image_size=32), DataSpec(), image_size=32, seed=3)
     first_failures = Counter()
+    fully_listed = 0
     per_sample = torch.zeros(len(SKIP_REASONS), dtype=torch.long)
     for i, want in enumerate(reasons):
         s = ds[(0, i)]
@@ -135,8 +136,10 @@ def test_dataset_counts_every_failed_attempt(bad_data):
         if len(ex) < 3:  # every failed attempt is listed: the counts must match them exactly
             listed = Counter(e.split(": ")[1] for e in ex)
             assert {r: int(c) for r, c in zip(SKIP_REASONS, s["skips"]) if c} == dict(listed)
+            fully_listed += 1
         per_sample += s["skips"]
     assert first_failures == Counter(r for r in reasons if r)
+    assert fully_listed > 0  # the exact per-attempt check above really ran
     # the real loader over one epoch sums exactly the per-sample counts (same seeds, any order)
     loader = build_train_loader(ds, batch_size=len(reasons), num_workers=0, rank=0, world_size=1, seed=3)
     batch = next(iter(loader))
@@ -164,3 +167,7 @@ def test_trainer_stops_past_the_skip_rate_naming_examples(bad_data, tiny_cfg):
         batch = next(loader)
         consumed += 8
         guard.add(batch["skips"], consumed, batch["skip_examples"])
+    bad = guard.total
+    assert consumed == 40 * 8 and bad + consumed >= 200
+    assert 0.2 < bad / (bad + consumed) <= 0.9  # over the strict threshold above, under this one: it ran on
+    assert set(guard.by_reason()) == {r for r in reasons if r}  # every reason counted

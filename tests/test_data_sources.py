@@ -115,7 +115,7 @@ def test_shard_source_matches_the_webdataset_reader(dataset_files):
     pattern = str(tmp / "shards/{00000..00002}.tar")
     src = ShardSource(pattern)
     streamed = list(wds.WebDataset(pattern, shardshuffle=False, empty_check=False))
-    assert len(streamed) == len(src)
+    assert len(streamed) == len(src) == len(pairs)
     for i, sample in enumerate(streamed):
         key, files = src.members(i)
         assert key == sample["__key__"]

@@ -20,6 +20,7 @@ import torch
 
 from declip import distributed as dist
 from dist_worker import CASES, PER_RANK, build_case, make_batch, rows, run_step
+from helpers import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("dist_worker.py")
@@ -135,13 +136,7 @@ def test_rendezvous_env_slurm(monkeypatch):
 
 
 # --------------------------------------------------------------- declip train under torchrun (2 ranks)
-TINY_RUN = [
-    "train.batch_size=4", "data.num_workers=0", "model.vision.image_size=32", "model.vision.patch_size=16",
-    "model.vision.width=32", "model.vision.head_width=16", "model.text.width=32", "model.embed_dim=32",
-    "model.text.context_length=32", "method.queue_size=32", "method.simsiam_proj_dim=16", "method.simsiam_pred_dim=8",
-    "train.progress=false", "train.tensorboard=false", "train.log_every=1", "eval.max_images=8", "eval.batch_size=8",
-    "eval.num_workers=0", "data.builtin_size=64", "optim.warmup_steps=1", "train.ckpt_every=0",
-]
+TINY_RUN = tiny_overrides(small=True)  # the tests' tiny config as command-line overrides
 
 
 def _run(cmd: list[str], **env: str) -> str:

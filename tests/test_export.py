@@ -11,15 +11,14 @@ from declip.data.tokenizer import tokenize
 from declip.data.views import IMAGENET_MEAN, IMAGENET_STD
 from declip.export import CONFIG_NAME, WEIGHTS_NAME, export_open_clip
 from declip.methods import build_method
+from helpers import TINY_RN
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
-def offline_one_thread(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # even where the environment says otherwise
 
 
 def make_checkpoint(cfg, path):
@@ -37,7 +36,7 @@ def make_checkpoint(cfg, path):
 
 @pytest.mark.parametrize("preset", ["tiny-vit", "tiny-rn"])
 def test_open_clip_local_dir_gives_our_embeddings(tiny_cfg, tmp_path, preset):
-    cfg = tiny_cfg(f"model.preset={preset}")
+    cfg = tiny_cfg(*(TINY_RN if preset == "tiny-rn" else ["model.preset=tiny-vit"]))
     ours = make_checkpoint(cfg, tmp_path / "ckpt.pt")
     out = export_open_clip(tmp_path / "ckpt.pt", tmp_path / "export")
 

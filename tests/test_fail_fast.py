@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY
+from helpers import TINY
 from declip.cli import main as cli_main
 from declip.errors import CheckpointError, DataError, NonFiniteError, RunDirError
 from declip.train.checkpoint import list_checkpoints, load_checkpoint
@@ -133,7 +133,7 @@ def test_inf_counts_and_consecutive_skips_stop_naming_the_checkpoint(tiny_cfg, t
 
     CLIP.forward = inf_after_three
     try:
-        with pytest.raises(NonFiniteError, match=r"at step 6: 3 steps in a row skipped .*ckpt_00000004.pt"):
+        with pytest.raises(NonFiniteError, match=r"at step 6: 3 steps in a row skipped .*ckpt_00000002.pt"):
             train(cfg)
     finally:
         CLIP.forward = real

@@ -2,23 +2,18 @@
 import json
 
 import pytest
-import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from declip.cli import main as cli_main
 from declip.plot import plot_run
 from declip.train.metrics import MetricsWriter, read_metrics
 from declip.train.trainer import train
+from helpers import raw_metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def scalars(run, tag):
@@ -62,7 +57,7 @@ def test_resumed_writer_drops_what_the_killed_run_logged_past_the_checkpoint(tmp
         second.write(step, {"loss": 2.0})
     second.close()
 
-    raw = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    raw = raw_metrics(tmp_path)  # the file as written, not read_metrics: that would hide a duplicate step
     assert [(r["step"], r["loss"]) for r in raw] == [(1, 1.0), (2, 1.0), (3, 1.0), (4, 2.0), (5, 2.0)]
     assert scalars(tmp_path, "train/loss") == [(1, 1.0), (2, 1.0), (3, 1.0), (4, 2.0), (5, 2.0)]
 

@@ -2,6 +2,7 @@
 checkpointing, channels_last, SyncBatchNorm conversion, torch.compile wiring, and the GPU check script."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 import logging
 from contextlib import nullcontext
@@ -12,14 +13,19 @@ import torch
 import torch.nn as nn
 
 from declip.config import load_config
+from declip.data.tokenizer import tokenize
 from declip.methods import build_method
 from declip.train.accel import SyncBNUnsupported, effective_precision, prepare_method, scaled_step
-from dist_worker import SMALL, make_batch
+from dist_worker import make_batch
+from helpers import TINY_RN, tiny_config, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_RN = ["model.preset=tiny-rn", "model.vision.image_size=32", "model.text.width=32", "model.text.heads=2",
-           "model.embed_dim=32", "model.text.context_length=16", "method.queue_size=16",
-           "method.simsiam_proj_dim=16", "method.simsiam_pred_dim=8", "train.output_dir=unused"]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def small(*overrides: str) -> list[str]:
+    """The tests' tiny config, smaller still (two full passes per gradient comparison)."""
+    return tiny_overrides(*overrides, small=True)
 
 
 def grads_after_step(overrides: list[str], seed_batch: int = 1, hook=None):
@@ -105,7 +111,7 @@ def test_grad_checkpointing_same_gradients_and_recomputes():
         block = method.clip.visual.transformer.resblocks[0]
         block.register_forward_pre_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
 
-    cfg = ["method.name=declip", *SMALL]
+    cfg = small("method.name=declip")
     _, plain = grads_after_step(cfg, hook=count)
     assert calls["n"] == 1
     calls["n"] = 0
@@ -121,7 +127,7 @@ def test_channels_last_resnet_same_gradients():
     def watch(method):
         method.clip.visual.conv1.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
 
-    cfg = ["method.name=clip", *TINY_RN]
+    cfg = small(*TINY_RN, "method.name=clip")
     _, plain = grads_after_step(cfg)
     method, cl = grads_after_step([*cfg, "train.channels_last=true"], hook=watch)
     assert seen and seen[0].is_contiguous(memory_format=torch.channels_last)
@@ -130,7 +136,7 @@ def test_channels_last_resnet_same_gradients():
 
 
 def test_sync_bn_converts_tower_and_heads():
-    cfg = ["method.name=declip", "method.mlm_weight=0", *TINY_RN]  # BN lives in the tower and SimSiam heads
+    cfg = small(*TINY_RN, "method.name=declip", "method.mlm_weight=0")  # BN lives in the tower and SimSiam heads
     plain_method, plain = grads_after_step(cfg)
     method, synced = grads_after_step([*cfg, "train.sync_bn=true"])
     bns = [m for m in method.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -143,18 +149,58 @@ def test_sync_bn_converts_tower_and_heads():
 
 
 def test_sync_bn_refused_for_cpu_process_groups():
-    cfg = load_config(None, ["method.name=declip", *SMALL, "train.sync_bn=true"])
+    cfg = tiny_config("method.name=declip", "train.sync_bn=true", small=True)
     with pytest.raises(SyncBNUnsupported, match="needs CUDA"):
         prepare_method(build_method(cfg), cfg, "cpu", world_size=2)
 
 
-def test_compile_wires_towers_in_place():
-    cfg = load_config(None, ["method.name=clip", *SMALL, "train.compile=true"])
+def compiled_matches_eager(monkeypatch, backend: str | None) -> None:
+    """``train.compile=true`` on a tiny CLIP next to an eager copy of it: prepare_method compiles the two towers
+    in place (``nn.Module.compile`` is recorded on its way through; ``backend`` replaces torch's default when
+    given), the towers really run compiled, their outputs equal the eager copy's, and state_dict keys stay."""
+    compiled = []
+    real_compile = nn.Module.compile
+
+    def recording(self, *args, **kwargs):
+        compiled.append(self)
+        if backend is not None:
+            kwargs["backend"] = backend
+        return real_compile(self, *args, **kwargs)
+
+    monkeypatch.setattr(nn.Module, "compile", recording)
+    cfg = tiny_config("method.name=clip", "train.compile=true", small=True)
+    torch.manual_seed(0)
     method = build_method(cfg)
+    eager = copy.deepcopy(method).eval()
     keys = list(method.state_dict())
     prepare_method(method, cfg, "cpu", world_size=1)
-    assert method.clip.visual._compiled_call_impl is not None and method.clip.text._compiled_call_impl is not None
+    assert [id(m) for m in compiled] == [id(method.clip.visual), id(method.clip.text)]  # the towers, in place
     assert list(method.state_dict()) == keys  # no _orig_mod. prefix: checkpoints unaffected
+
+    traced = []  # a pre-hook runs inside the compiled call: is_compiling() is True there, False eagerly
+    for tower in (method.clip.visual, method.clip.text):
+        tower.register_forward_pre_hook(lambda *a: traced.append(torch.compiler.is_compiling()))
+    method.eval()
+    size = cfg.model.vision.image_size
+    images = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1))
+    text = tokenize(["a dog", "a red circle on a blue square", "two cats"], cfg.model.text.context_length)
+    with torch.no_grad():
+        torch.testing.assert_close(method.clip.encode_image(images), eager.clip.encode_image(images),
+                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(method.clip.encode_text(text), eager.clip.encode_text(text), rtol=1e-5, atol=1e-5)
+    assert len(traced) >= 2 and all(traced), traced  # both towers ran through torch.compile
+
+
+def test_compile_wires_towers_in_place(monkeypatch):
+    """The wiring, through dynamo with its 'eager' backend (seconds; inductor's code generation is the slow
+    test below)."""
+    compiled_matches_eager(monkeypatch, backend="eager")
+
+
+@pytest.mark.slow
+def test_compiled_towers_give_eager_outputs(monkeypatch):
+    """torch's default backend (inductor): about a minute of compiling on a 2-core CPU, less with its cache."""
+    compiled_matches_eager(monkeypatch, backend=None)
 
 
 # ------------------------------------------------------------------------------------ GPU check script

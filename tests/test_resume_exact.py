@@ -6,7 +6,6 @@ exactly: every logged loss and metric of every step (also after the resume point
 (weights, DeCLIP's queue, optimizer moments, RNG states, data position). The metrics file must hold each step
 once: the resumed run drops what the killed run logged past its last checkpoint.
 """
-import json
 import os
 import random
 import signal
@@ -19,23 +18,18 @@ import pytest
 import torch
 
 from declip.train.checkpoint import list_checkpoints, load_checkpoint
+from helpers import last_logged_step, raw_metrics, write_tiny_config
 
 STEPS = 8
 TIMING_KEYS = {"time", "images_per_s", "data_wait"}  # wall-clock values: the only ones allowed to differ
 
 
 def write_config(path: Path, out: Path, method: str) -> Path:
-    path.write_text(f"""
-model: {{preset: tiny-vit, embed_dim: 64, vision: {{image_size: 32, patch_size: 8, width: 64}},
-        text: {{width: 64}}}}
-data: {{builtin_size: 512, num_workers: 1, pin_memory: false}}
-method: {{name: {method}, queue_size: 64, simsiam_proj_dim: 32, simsiam_pred_dim: 16}}
-optim: {{warmup_steps: 2}}
-train: {{steps: {STEPS}, batch_size: 8, log_every: 1, ckpt_every: 3, keep_last: 20, progress: false,
-        tensorboard: false, device: cpu, output_dir: {out}}}
-eval: {{max_images: 20, num_workers: 0}}
-""")
-    return path
+    """The tests' tiny config with a data-loader worker process (part of what must resume exactly) and a
+    checkpoint every 3 steps, all kept."""
+    return write_tiny_config(path, f"method.name={method}", f"train.steps={STEPS}", "train.ckpt_every=3",
+                             "train.keep_last=20", "train.device=cpu", f"train.output_dir={out}",
+                             "data.num_workers=1", "data.pin_memory=false", "eval.num_workers=0")
 
 
 def launch(config: Path, *extra: str) -> subprocess.Popen:
@@ -48,27 +42,6 @@ def finish(proc: subprocess.Popen, timeout: float = 90) -> str:
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out[-3000:]
     return out
-
-
-def train_records(run: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["kind"] == "train"]
-
-
-def last_logged_step(run: Path) -> int:
-    try:
-        lines = (run / "metrics.jsonl").read_text().splitlines()
-    except FileNotFoundError:
-        return 0
-    steps = [0]
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:  # a line being written right now
-            continue
-        if rec.get("kind") == "train":
-            steps.append(rec["step"])
-    return max(steps)
 
 
 def kill_after(proc: subprocess.Popen, run: Path, step: int, timeout: float = 90) -> int:
@@ -123,7 +96,9 @@ def test_sigkill_then_resume_latest_is_bit_exact(tmp_path, method):
     assert f"at step {resumed_from} " in out, out[-2000:]
     finish(reference)
 
-    ref_rows, run_rows = train_records(ref_dir), train_records(run_dir)
+    # the files as written, not read_metrics: that keeps one record per step and would hide a step the killed
+    # run logged past its checkpoint and the resumed run logged again
+    ref_rows, run_rows = raw_metrics(ref_dir), raw_metrics(run_dir)
     assert [r["step"] for r in ref_rows] == list(range(1, STEPS + 1))
     assert [r["step"] for r in run_rows] == list(range(1, STEPS + 1)), "each step logged once after resume"
     for a, b in zip(ref_rows, run_rows):

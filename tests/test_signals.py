@@ -5,7 +5,6 @@ SIGUSR1 goes to the trainer alone (SLURM's ``--signal=USR1@T``); SIGTERM goes to
 data-loader worker included (what SLURM and Kubernetes do on preemption): the worker must not die before the
 trainer has saved.
 """
-import json
 import os
 import signal
 import subprocess
@@ -16,19 +15,14 @@ from pathlib import Path
 import pytest
 
 from declip.train.checkpoint import list_checkpoints, load_checkpoint, resolve_resume
+from helpers import last_logged_step, raw_metrics, write_tiny_config
 
 
 def write_config(path: Path, out: Path) -> Path:
-    path.write_text(f"""
-model: {{preset: tiny-vit, embed_dim: 64, vision: {{image_size: 32, patch_size: 8, width: 64}},
-        text: {{width: 64}}}}
-data: {{builtin_size: 512, num_workers: 1, pin_memory: false}}
-method: {{name: declip, queue_size: 64, simsiam_proj_dim: 32, simsiam_pred_dim: 16}}
-train: {{steps: 100000, batch_size: 8, log_every: 1, ckpt_every: 0, progress: false, tensorboard: false,
-        device: cpu, output_dir: {out}}}
-eval: {{builtin: false}}
-""")
-    return path
+    """The tests' tiny config, running until signalled, with a data-loader worker process (SIGTERM reaches it
+    too)."""
+    return write_tiny_config(path, "train.steps=100000", "train.device=cpu", f"train.output_dir={out}",
+                             "data.num_workers=1", "data.pin_memory=false", "eval.builtin=false")
 
 
 def launch(config: Path, *extra: str) -> subprocess.Popen:
@@ -38,22 +32,9 @@ def launch(config: Path, *extra: str) -> subprocess.Popen:
                             start_new_session=True)  # its own process group, so killpg reaches only it
 
 
-def logged_steps(run: Path) -> list[int]:
-    steps = []
-    if (run / "metrics.jsonl").is_file():
-        for line in (run / "metrics.jsonl").read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if rec.get("kind") == "train":
-                steps.append(rec["step"])
-    return steps
-
-
 def signal_after(proc: subprocess.Popen, run: Path, step: int, sig: int, group: bool) -> str:
     deadline = time.monotonic() + 90
-    while max(logged_steps(run), default=0) < step:
+    while last_logged_step(run) < step:
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         assert time.monotonic() < deadline, f"step {step} not reached"
         time.sleep(0.02)
@@ -66,7 +47,7 @@ def signal_after(proc: subprocess.Popen, run: Path, step: int, sig: int, group: 
 
 def check_saved(run: Path) -> int:
     """The checkpoint is the last logged step's, loads with weights_only=True, and is what 'latest' picks."""
-    steps = logged_steps(run)
+    steps = [r["step"] for r in raw_metrics(run)]  # as written: read_metrics would hide a step logged twice
     assert steps == list(range(1, steps[-1] + 1)), "every step logged exactly once"
     (step, path), = list_checkpoints(run)[-1:]
     assert step == steps[-1], "the checkpoint is taken at the end of the step that was running"

@@ -208,13 +208,14 @@ class Trainer:
             while self.step < tr.steps:
                 lr = lr_at(self.step, self.cfg.optim, tr.steps)
                 set_lr(self.optimizer, lr)
-                self._train_step(batches)
+                updated = self._train_step(batches)
                 self.step += 1
                 if progress is not None:
                     progress.update(1)
-                if self.step % tr.log_every == 0 or self.step == tr.steps:
+                if updated and (self.step % tr.log_every == 0 or self.step == tr.steps):
                     self._log(lr)
-                self._maybe_eval_and_checkpoint()
+                if updated:  # a skipped step leaves nothing new to evaluate or save
+                    self._maybe_eval_and_checkpoint()
                 if self._should_stop():
                     break
         finally:
@@ -236,8 +237,9 @@ class Trainer:
             self.skips.add(batch["skips"], self.consumed, batch["skip_examples"])
             yield to_device(batch, self.device)
 
-    def _train_step(self, batches) -> None:
-        """Forward/backward over the micro-batches, then one update, or a skip if anything is non-finite."""
+    def _train_step(self, batches) -> bool:
+        """Forward/backward over the micro-batches, then one update (True), or a skip (False) if anything is
+        non-finite."""
         accum = self.cfg.train.grad_accum
         values: dict[str, torch.Tensor] = {}
         for micro in range(accum):
@@ -260,13 +262,14 @@ class Trainer:
                                    self.last_checkpoint())
             log.warning("non-finite loss or gradient at step %d %s: step skipped (%d so far)", self.step + 1,
                         shown, self.nonfinite.total)
-            return
+            return False
         self.nonfinite.ok()
         if not scaled_step(self.scaler, self.optimizer, self.method.parameters(), self.cfg.optim.grad_clip):
             self.meter.amp_overflows += 1  # fp16 overflow: the scaler skipped this update and halved its scale
         self.optimizer.zero_grad(set_to_none=True)
         self.method.after_step()
         self.meter.add(values)
+        return True
 
     def _grad_norm(self) -> torch.Tensor:
         grads = [p.grad for p in self.method.parameters() if p.grad is not None]
@@ -274,10 +277,8 @@ class Trainer:
 
     def _log(self, lr: float) -> None:
         """One all-reduce of every value averaged over the steps since the last log, the ranks and the
-        micro-batches; the only host sync of the loop outside skips, evaluation and checkpoints."""
+        micro-batches; with the non-finite flag, the only host syncs of the loop outside evaluation and saving."""
         values = self.meter.reduce(self.device)
-        if not values:  # every step since the last log was skipped
-            return
         tr = self.cfg.train
         timing = self.clock.lap(self.step, self.device, tr.batch_size * tr.grad_accum * self.info.world_size)
         record = {**values, "lr": lr, **timing, "skipped_samples": self.skips.total,
