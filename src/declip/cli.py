@@ -25,9 +25,9 @@ from .errors import DeclipError
 
 
 def cmd_train(args) -> int:
-    from .config import demo_config_path
+    from .config import default_config_path
 
-    cfg = load_config(args.config or demo_config_path(), args.overrides)  # config errors before torch loads
+    cfg = load_config(args.config or default_config_path(args.overrides), args.overrides)  # before torch loads
     from .train.trainer import train
 
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite,
@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train (no --config: DeCLIP on the built-in data)")
-    t.add_argument("--config", default=None, help="YAML config file (default: the built-in demo)")
+    t.add_argument("--config", default=None, help="YAML config file (default: the built-in demo; with "
+                   "data.source=... on the command line, the general defaults for your own data)")
     t.add_argument("--resume", default=None, metavar="latest|latest-or-new|best|PATH",
                    help="continue a run: the newest checkpoint in train.output_dir (latest; latest-or-new starts "
                         "fresh when there is none), its best.pt, or a checkpoint file")

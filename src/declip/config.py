@@ -17,6 +17,7 @@ from typing import Any, Callable, Literal
 import yaml
 
 from .errors import DeclipError
+from .presets import PRESETS, apply_preset
 
 
 class ConfigError(DeclipError, ValueError):
@@ -26,7 +27,8 @@ class ConfigError(DeclipError, ValueError):
 Check = Callable[[bool, str, str], None]  # check(ok, dotted key, message): raises ConfigError naming the source
 EdaOp = Literal["synonym", "swap", "delete", "insert"]  # the one list of EDA operation names
 DEFAULT_EDA_OPS: tuple[str, ...] = ("synonym", "swap", "delete")  # the reference's (no random insertion)
-PresetName = Literal["tiny-vit", "tiny-rn", "vit-b-32", "rn50"]
+PresetName = Literal["tiny-vit", "tiny-rn", "vit-b-32", "rn50"]  # declip.presets.PRESETS: their values
+assert set(PRESETS) == set(typing.get_args(PresetName)), "PresetName and PRESETS must list the same presets"
 
 
 # --------------------------------------------------------------------------------------------- sections
@@ -148,6 +150,14 @@ class OptimConfig:
     eps: float = 1e-8
     weight_decay: float = 0.1
     grad_clip: float = 0.0  # 0 = off (reference behaviour)
+    # lr, warmup_start_lr and min_lr are for a global batch of base_batch; other batches scale them by
+    # (global batch / base_batch) ** 1/2 (sqrt) or ** 1 (linear). none: used as written (the recipe configs).
+    lr_scaling: Literal["none", "sqrt", "linear"] = "none"
+    base_batch: int = 4096  # the reference's global batch (128 per GPU x 32 GPUs)
+
+    def lr_scale(self, global_batch: int) -> float:
+        ratio = global_batch / self.base_batch
+        return {"none": 1.0, "sqrt": ratio ** 0.5, "linear": ratio}[self.lr_scaling]
 
     def validate(self, check: Check) -> None:
         check(self.lr > 0, "optim.lr", "must be > 0")
@@ -159,6 +169,7 @@ class OptimConfig:
         check(self.eps > 0, "optim.eps", "must be > 0")
         check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
         check(self.grad_clip >= 0, "optim.grad_clip", "must be >= 0")
+        check(self.base_batch > 0, "optim.base_batch", "must be > 0")
 
 
 @dataclass
@@ -228,33 +239,6 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-# ------------------------------------------------------------------------------------------ model presets
-PRESETS: dict[str, dict] = {
-    "tiny-vit": {
-        "embed_dim": 128,
-        "vision": {"kind": "vit", "image_size": 64, "width": 128, "layers": 2, "head_width": 64, "patch_size": 8},
-        "text": {"width": 128, "heads": 2, "layers": 2},
-    },
-    "vit-b-32": {
-        "embed_dim": 512,
-        "vision": {"kind": "vit", "image_size": 224, "width": 768, "layers": 12, "head_width": 64, "patch_size": 32},
-        "text": {"width": 512, "heads": 8, "layers": 12},
-    },
-    "rn50": {
-        "embed_dim": 1024,
-        "vision": {"kind": "resnet", "image_size": 224, "width": 64, "layers": [3, 4, 6, 3], "head_width": 64},
-        "text": {"width": 512, "heads": 8, "layers": 12},
-    },
-    "tiny-rn": {
-        "embed_dim": 128,
-        "vision": {"kind": "resnet", "image_size": 64, "width": 16, "layers": [1, 1, 1, 1], "head_width": 32},
-        "text": {"width": 128, "heads": 2, "layers": 2},
-    },
-}
-
-assert set(PRESETS) == set(typing.get_args(PresetName)), "PresetName and PRESETS must list the same presets"
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -397,7 +381,7 @@ def config_from_dict(tree: dict, sources: dict[str, str] | None = None) -> Confi
         raise ConfigError(f"{sources.get('model', 'config')}: model: expected a section")
     preset = _coerce(model.get("preset", ModelConfig.preset), PresetName, "model.preset",
                      sources.get("model.preset", "config"))
-    tree["model"] = _deep_merge(PRESETS[preset], model)
+    tree["model"] = apply_preset(preset, model, sources)
     data, ev = tree.get("data", {}), tree.get("eval", {})
     if isinstance(ev, dict) and "builtin" not in ev and isinstance(data, dict) and \
             data.get("source", DataConfig.source) != "builtin":
@@ -405,7 +389,21 @@ def config_from_dict(tree: dict, sources: dict[str, str] | None = None) -> Confi
         sources["eval.builtin"] = f"default for data.source={data.get('source')}"
     cfg = _build(Config, tree, sources)
     validate(cfg, sources)
+    cfg.origins = sources  # where each value came from (a file, the command line, a preset): logged at start
     return cfg
+
+
+def from_preset(cfg: Config) -> dict[str, Any]:
+    """The model values a preset filled in (the user set none of them), by dotted key."""
+    origins = getattr(cfg, "origins", {})
+    out = {}
+    for key, src in origins.items():
+        if src.startswith("preset "):
+            value = cfg
+            for part in key.split("."):
+                value = getattr(value, part)
+            out[key] = value
+    return out
 
 
 def validate(cfg: Config, sources: dict[str, str] | None = None) -> None:
@@ -423,6 +421,20 @@ def validate(cfg: Config, sources: dict[str, str] | None = None) -> None:
 def demo_config_path() -> Path:
     """The built-in demo (DeCLIP, tiny towers, generated data): what ``declip train`` runs without --config."""
     return Path(__file__).parent / "configs" / "demo.yaml"
+
+
+def own_data_config_path() -> Path:
+    """General defaults for a user's own data (reference heads, queue, context and lr schedule scaled to the
+    batch): what ``declip train data.source=...`` runs without --config. The demo's settings are tuned for the
+    generated shapes and must not leak into a real run."""
+    return Path(__file__).parent / "configs" / "own_data.yaml"
+
+
+def default_config_path(overrides: list[str] | tuple[str, ...]) -> Path:
+    """The config ``declip train`` starts from when no --config is given: the demo for the built-in data,
+    the general defaults as soon as the command line names another data source."""
+    sources = [parse_override(o)[1] for o in overrides if o.split("=", 1)[0].strip() == "data.source"]
+    return own_data_config_path() if sources and sources[-1] != "builtin" else demo_config_path()
 
 
 def dump_config(cfg: Config) -> str:

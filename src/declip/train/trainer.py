@@ -21,7 +21,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import distributed as dist
-from ..config import Config, dump_config
+from ..config import Config, dump_config, from_preset
 from ..data.loader import PairDataset, build_train_loader
 from ..data.sources import build_source
 from ..device import resolve_device
@@ -113,12 +113,29 @@ class Trainer:
         self.writer = MetricsWriter(self.out, tr.tensorboard, enabled=self.info.is_main,
                                     resume_step=self.step)  # drops records a killed run logged past it
         self.meter, self.clock = MetricMeter(), StepClock(self.step)
+        self.lr_scale = cfg.optim.lr_scale(tr.batch_size * tr.grad_accum * self.info.world_size)
         if self.info.is_main:
             self._write_config(keep_previous=state is not None)
-            n_params = sum(p.numel() for p in self.method.parameters())
-            log.info("method=%s model=%s params=%.1fM device=%s world=%d batch/device=%d output=%s",
-                     cfg.method.name, cfg.model.preset, n_params / 1e6, self.device, self.info.world_size,
-                     tr.batch_size, self.out)
+            self._describe()
+
+    def _describe(self) -> None:
+        """What this run is, in the first lines of its log: what a preset chose, the effective lr, and
+        whether anything will be evaluated at all."""
+        cfg, tr = self.cfg, self.cfg.train
+        n_params = sum(p.numel() for p in self.method.parameters())
+        log.info("method=%s model=%s params=%.1fM device=%s world=%d batch/device=%d output=%s",
+                 cfg.method.name, cfg.model.preset, n_params / 1e6, self.device, self.info.world_size,
+                 tr.batch_size, self.out)
+        filled = from_preset(cfg)
+        if filled:
+            log.info("from preset %s: %s", cfg.model.preset, " ".join(f"{k}={v}" for k, v in filled.items()))
+        if self.lr_scale != 1.0:
+            log.info("optim.lr_scaling=%s: peak lr %.3g (optim.lr %.3g for a global batch of %d, scaled by %.3g)",
+                     cfg.optim.lr_scaling, cfg.optim.lr * self.lr_scale, cfg.optim.lr, cfg.optim.base_batch,
+                     self.lr_scale)
+        if not (cfg.eval.builtin or cfg.eval.val_manifest):
+            log.warning("no evaluation task (eval.builtin=false, no eval.val_manifest): nothing will be "
+                        "evaluated and no best.pt written")
 
     # ------------------------------------------------------------------------------------------ state
     def _restore(self, path: Path, state: dict, changes: list[str]) -> None:
@@ -206,7 +223,7 @@ class Trainer:
         progress = self._progress_bar()
         try:
             while self.step < tr.steps:
-                lr = lr_at(self.step, self.cfg.optim, tr.steps)
+                lr = lr_at(self.step, self.cfg.optim, tr.steps) * self.lr_scale
                 set_lr(self.optimizer, lr)
                 updated = self._train_step(batches)
                 self.step += 1
