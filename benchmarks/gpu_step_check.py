@@ -13,7 +13,7 @@ real model, not the data pipeline (``--data builtin`` puts the real loader back 
     python benchmarks/gpu_step_check.py --device cpu --preset tiny-vit --batch-size 4 --steps 2 --warmup 1 \
         --image-size 32 --precision fp32 method.queue_size=64 method.simsiam_proj_dim=32
 
-FPS = batch / mean step time (one device, so the global batch is the batch). The seed's table, for scale:
+FPS = batch / mean step time (one device, so the global batch is the batch). The reference port's table, for scale:
 ViT-B/32 DeCLIP at batch 128 with AMP ran at 85 images/s on one GPU (PyTorch 1.5) and 143 on one Ascend NPU.
 Pass criteria for the check: every loss finite, peak memory well under the card's, and FPS far above those.
 """

@@ -57,7 +57,7 @@ declip_launch() {
   case "$mode" in
     full) mode_args=(train.mode=full) ;;
     performance)
-      # 1000 steps as the seed's performance scripts; no eval or checkpoints; a separate output folder so
+      # 1000 steps as the reference port's performance scripts; no eval or checkpoints; a separate output folder so
       # timing runs never append to a real run's logs. Both can still be overridden after --config.
       local name
       name=$(basename "$config"); name=${name%.*}
