@@ -19,6 +19,7 @@ TINY = [
     "method.queue_size=64", "method.simsiam_proj_dim=32", "method.simsiam_pred_dim=16",
     "train.progress=false", "train.tensorboard=false", "eval.max_images=20", "train.log_every=1",
     "optim.warmup_steps=2", "train.ckpt_every=0", "data.builtin_size=512",
+    "train.device=cpu",  # the same on a machine with an accelerator; device tests say so (marker accelerator)
 ]
 # ``small=True``: the same, smaller still, where a test pays for it several times over (2 ranks x 4 cases in
 # tests/test_distributed.py, two full passes per gradient comparison in tests/test_precision.py).

@@ -225,7 +225,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     if not torch.cuda.is_available():
         assert "no CUDA device" in one_line_error(capsys, "train", *TINY, run, "train.device=cuda")
     assert "command line (foo.bar=1)" in one_line_error(capsys, "train", "foo.bar=1", code=2)
-    assert one_line_error(capsys, "data", "check", str(tmp_path / "empty.jsonl"), "--root", str(tmp_path))
+    assert "is empty" in one_line_error(capsys, "data", "check", str(tmp_path / "empty.jsonl"), "--root",
+                                        str(tmp_path), code=2)
 
 
 def test_checkpoint_problems_are_one_line(tiny_cfg, tmp_path, capsys, monkeypatch):

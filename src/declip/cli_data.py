@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .errors import DataError
+
 
 
 def cmd_check(args) -> int:
@@ -12,7 +14,7 @@ def cmd_check(args) -> int:
     try:
         report = check_manifest(args.manifest, args.root, args.threads, args.examples, args.image_size,
                                 progress=not args.no_progress)
-    except OSError as e:  # a missing file (a DataError reaches the CLI's one-line handler)
+    except (OSError, DataError) as e:  # no manifest to check (missing, a folder, empty): 2, not 1
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 1 if report["problems"] else 0
@@ -24,7 +26,7 @@ def cmd_shard(args) -> int:
     try:
         stats = shard_manifest(args.manifest, args.root, args.out, args.max_side, args.shard_size,
                                args.threads, args.quality, progress=not args.no_progress)
-    except OSError as e:  # a missing file (a DataError reaches the CLI's one-line handler)
+    except (OSError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0 if stats["samples"] else 1
@@ -38,8 +40,8 @@ def add_data_parser(sub) -> None:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("manifest", help="JSON-lines manifest (filename, caption, ...)")
         p.add_argument("--root", required=True, help="folder the manifest's filenames are relative to")
-        p.add_argument("--threads", type=int, default=8)
-        p.add_argument("--no-progress", action="store_true")
+        p.add_argument("--threads", type=int, default=8, help="decoding threads (default 8)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar (off anyway when not a terminal)")
 
     c = dsub.add_parser("check", help="validate every line; exit status 1 if any is unusable")
     common(c)

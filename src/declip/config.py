@@ -189,7 +189,8 @@ class TrainConfig:
     progress: bool = True
     nonfinite: Literal["skip", "stop"] = "skip"  # a step with NaN/inf loss or gradients: skip it, or stop
     max_nonfinite_skips: int = 5  # consecutive skipped steps that stop the run (a diverged run skips forever)
-    compile: bool = False  # torch.compile the image and text towers (module.compile(): state_dict keys unchanged)
+    # torch.compile the image and text towers (module.compile(): state_dict keys unchanged); auto = on CUDA only
+    compile: Literal["auto", True, False] = "auto"
     grad_checkpointing: bool = False  # open_clip's activation checkpointing in the transformer towers
     channels_last: bool = False  # ResNet towers: weights and images in channels_last (faster convs on GPU)
     sync_bn: bool = False  # SyncBatchNorm across ranks (ResNet tower + SimSiam heads); CUDA only

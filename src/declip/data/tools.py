@@ -95,6 +95,33 @@ def check_manifest(path: str, root: str, threads: int = 8, max_examples: int = 5
             "long_captions": long_captions}
 
 
+def shard_sample(src, i: int, max_side: int, quality: int) -> tuple[dict | None, tuple[str, str] | None]:
+    """Manifest line ``i + 1`` as a webdataset sample (key.jpg, key.txt, key.json), or (None, (reason, where))."""
+    from PIL import Image
+
+    from .decode import decode_image, read_image_bytes
+
+    try:
+        rec = src.record(i)
+        data = read_image_bytes(src.image_path(rec))
+        img = decode_image(data, str(src.image_path(rec)), max_side=max_side)
+    except BadSample as e:
+        return None, (e.reason, _where(src, i, e.detail))
+    with Image.open(io.BytesIO(data)) as probe:  # decodable: checked above
+        original = probe.size
+        keep = probe.format == "JPEG" and probe.mode == "RGB" and img.size == probe.size
+    if not keep:
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=quality)
+        data = buf.getvalue()
+    meta = {"key": f"{i:09d}", "caption": rec["caption"], "filename": rec["filename"],
+            "width": img.size[0], "height": img.size[1], "original_width": original[0],
+            "original_height": original[1]}
+    meta.update({k: rec[k] for k in ("url", "tag", "label", "label_name") if k in rec})
+    return {"__key__": meta["key"], "jpg": data, "txt": rec["caption"],
+            "json": json.dumps(meta, ensure_ascii=False).encode()}, None
+
+
 def shard_manifest(path: str, root: str, out_dir: str, max_side: int = 256, shard_size: int = 1000,
                    threads: int = 8, quality: int = 95, progress: bool = True, out: TextIO | None = None) -> dict:
     """Write ``out_dir/{00000..}.tar`` webdataset shards (key.jpg, key.txt, key.json) from a manifest.
@@ -104,9 +131,7 @@ def shard_manifest(path: str, root: str, out_dir: str, max_side: int = 256, shar
     fits is copied byte for byte (no second lossy encode). Bad samples are skipped and counted by reason.
     """
     import webdataset as wds
-    from PIL import Image
 
-    from .decode import decode_image, read_image_bytes
     from .manifest import ManifestSource
 
     out = out or sys.stdout
@@ -116,25 +141,7 @@ def shard_manifest(path: str, root: str, out_dir: str, max_side: int = 256, shar
     dest.mkdir(parents=True, exist_ok=True)
 
     def one(i: int):
-        try:
-            rec = src.record(i)
-            data = read_image_bytes(src.image_path(rec))
-            img = decode_image(data, str(src.image_path(rec)), max_side=max_side)
-        except BadSample as e:
-            return None, (e.reason, _where(src, i, e.detail))
-        with Image.open(io.BytesIO(data)) as probe:  # decodable: checked above
-            original = probe.size
-            keep = probe.format == "JPEG" and probe.mode == "RGB" and img.size == probe.size
-        if not keep:
-            buf = io.BytesIO()
-            img.save(buf, "JPEG", quality=quality)
-            data = buf.getvalue()
-        meta = {"key": f"{i:09d}", "caption": rec["caption"], "filename": rec["filename"],
-                "width": img.size[0], "height": img.size[1], "original_width": original[0],
-                "original_height": original[1]}
-        meta.update({k: rec[k] for k in ("url", "tag", "label", "label_name") if k in rec})
-        return {"__key__": meta["key"], "jpg": data, "txt": rec["caption"],
-                "json": json.dumps(meta, ensure_ascii=False).encode()}, None
+        return shard_sample(src, i, max_side, quality)
 
     skipped: Counter = Counter()
     examples: dict[str, list[str]] = {}

@@ -92,7 +92,7 @@ class Trainer:
         torch.manual_seed(tr.seed)  # identical initial weights on every rank
         self.method = build_method(cfg).to(self.device)
         prepare_method(self.method, cfg, self.device.type, self.info.world_size)  # before the optimizer and DDP
-        self.optimizer = build_optimizer(self.method, cfg.optim)
+        self.optimizer = build_optimizer(self.method, cfg.optim, fused=self.device.type == "cuda")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.step, self.consumed = 0, 0
         self.skips = SkipRateGuard(cfg.data.max_skip_rate)
