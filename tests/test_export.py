@@ -41,6 +41,7 @@ def test_open_clip_local_dir_gives_our_embeddings(tiny_cfg, tmp_path, preset):
     out = export_open_clip(tmp_path / "ckpt.pt", tmp_path / "export")
 
     weights = load_file(str(out / WEIGHTS_NAME))
+    assert (out / WEIGHTS_NAME).stat().st_mode & 0o044 == (out / CONFIG_NAME).stat().st_mode & 0o044  # not 0600
     assert set(weights) == set(ours.clip.state_dict())  # towers only, open_clip key names
     assert not any(k.startswith(("queue", "projector", "predictor", "mlm_head")) for k in weights)
     config = json.loads((out / CONFIG_NAME).read_text())

@@ -55,6 +55,7 @@ def check_saved(run: Path) -> int:
     assert state["step"] == step and state["data"]["consumed"] == step * 8
     assert resolve_resume("latest", run) == path
     assert not list(run.glob(".*.tmp.*")), "no half-written file left behind"
+    assert not raw_metrics(run, kind="summary"), "a stopped run writes no summary (it would sit mid-file)"
     return step
 
 

@@ -160,7 +160,7 @@ def resolve_resume(spec: str, directory: Path) -> Path | None:
     return path
 
 
-def load_checkpoint(path: Path, map_location="cpu", require: tuple[str, ...] = ("model", "config", "step")) -> dict:
+def load_checkpoint(path: Path, map_location="cpu", require: tuple[str, ...] = ("model", "config")) -> dict:
     """A verified payload, or :class:`CheckpointError` naming the file and what is wrong with it."""
     path = Path(path)
     if not path.is_file():
