@@ -147,7 +147,8 @@ def test_manifest_lines_blank_crlf_no_final_newline(tmp_path):
         src.line(5)
     empty = tmp_path / "empty.jsonl"
     empty.write_bytes(b"")
-    assert len(ManifestSource(empty, tmp_path)) == 0
+    with pytest.raises(DataError, match="is empty"):  # a run on nothing stops at start, in one line
+        ManifestSource(empty, tmp_path)
 
 
 def test_line_scan_across_chunk_boundaries(tmp_path, monkeypatch):

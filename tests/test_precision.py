@@ -15,7 +15,7 @@ import torch.nn as nn
 from declip.config import load_config
 from declip.data.tokenizer import tokenize
 from declip.methods import build_method
-from declip.train.accel import SyncBNUnsupported, effective_precision, prepare_method, scaled_step
+from declip.train.accel import SyncBNUnsupported, autocast, effective_precision, prepare_method, scaled_step
 from dist_worker import make_batch
 from helpers import TINY_RN, tiny_config, tiny_overrides
 
@@ -66,7 +66,7 @@ def test_trainer_on_cpu_uses_fp32_without_scaler(tiny_cfg):
     trainer = Trainer(tiny_cfg("train.precision=fp16", "train.device=cpu", "eval.builtin=false"))
     try:
         assert trainer.precision == "fp32" and not trainer.scaler.is_enabled()
-        assert isinstance(trainer._autocast(), nullcontext)
+        assert isinstance(autocast(trainer.precision, trainer.device.type), nullcontext)
     finally:
         trainer.close()
 

@@ -99,6 +99,7 @@ class Trainer:
         self.nonfinite = NonFiniteGuard(tr.nonfinite, tr.max_nonfinite_skips)
         self.best, self.best_step = float("-inf"), -1
         self._rng_to_restore: dict | None = None  # applied once the loader iterator exists (see train())
+        self._iterator = None
         torch.manual_seed(tr.seed * 1000 + self.info.rank)  # per-rank stream for anything random
         random.seed(tr.seed * 1000 + self.info.rank)  # checkpointed too, so seeded (not from urandom)
         if state is not None:
@@ -242,7 +243,7 @@ class Trainer:
 
     def _batches(self):
         """The loader's batches on the device, with the wait for each and its skipped samples accounted."""
-        it = iter(self.loader)
+        it = self._iterator = iter(self.loader)
         if self._rng_to_restore is not None:  # after iter(): creating it draws from the global generator
             set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
@@ -371,6 +372,12 @@ class Trainer:
         return summary
 
     def close(self) -> None:
+        """Stop the loader workers (asked first, then killed: they ignore SIGTERM), restore the signal
+        handlers, close the metrics files and the process group."""
+        shutdown = getattr(self._iterator, "_shutdown_workers", None)  # torch's own orderly shutdown: it also
+        if shutdown is not None:  # forgets the worker pids, so that their exit is not reported as a crash
+            shutdown()
+        stop_loader_workers()
         for sig, handler in self._previous_handlers.items():  # leave the process as we found it
             if handler is not None:
                 signal.signal(sig, handler)
@@ -385,7 +392,6 @@ def train(cfg: Config, resume: str | None = None, **options) -> dict:
         trainer = Trainer(cfg, resume, **options)
         return trainer.train()
     finally:
-        stop_loader_workers()
         if trainer is not None:
             trainer.close()
         else:
