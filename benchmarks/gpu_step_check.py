@@ -28,7 +28,7 @@ import time
 import torch
 
 from declip.config import load_config
-from declip.data.tokenizer import EOT_ID, MASK_ID, SOT_ID
+from declip.vocab import EOT_ID, MASK_ID, SOT_ID
 from declip.methods import build_method
 from declip.train.accel import autocast, effective_precision, prepare_method, scaled_step
 from declip.train.optim import build_optimizer

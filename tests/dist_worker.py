@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from declip.config import Config
-from declip.data.tokenizer import EOT_ID, MASK_ID, SOT_ID
+from declip.vocab import EOT_ID, MASK_ID, SOT_ID
 from declip.losses.nn_queue import NearestNeighborQueue
 from declip.methods import build_method
 

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from declip.config import load_config
-from declip.data.tokenizer import EOT_ID, MASK_ID, tokenize
+from declip.data.tokenizer import tokenize
+from declip.vocab import EOT_ID, MASK_ID
 from declip.models.towers import build_clip, encode_text_with_tokens
 
 

@@ -4,7 +4,8 @@ import random
 import torch
 
 from declip.data.text import IGNORE, TextPipeline, TextSpec, mask_tokens
-from declip.data.tokenizer import EOT_ID, MASK_ID, SOT_ID, tokenize
+from declip.data.tokenizer import tokenize
+from declip.vocab import EOT_ID, MASK_ID, SOT_ID
 from declip.data.builtin import BuiltinPairs
 
 

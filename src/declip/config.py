@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,12 +15,9 @@ from typing import Any, Callable, Literal
 
 import yaml
 
-from .errors import DeclipError
+from .config_parse import build, coerce, parse_override, record_sources, set_dotted
+from .errors import ConfigError  # noqa: F401  (re-exported: declip.config.ConfigError)
 from .presets import PRESETS, apply_preset
-
-
-class ConfigError(DeclipError, ValueError):
-    """A configuration problem; the message names the key and its source."""
 
 
 Check = Callable[[bool, str, str], None]  # check(ok, dotted key, message): raises ConfigError naming the source
@@ -243,114 +239,6 @@ class Config:
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def _deep_merge(base: dict, top: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in top.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _set_dotted(tree: dict, key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = tree
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"command line: {key}: '{p}' is not a section")
-    node[parts[-1]] = value
-
-
-def parse_override(item: str) -> tuple[str, Any]:
-    """``optim.lr=5e-4`` -> ("optim.lr", 0.0005); values are parsed as YAML scalars/lists."""
-    if "=" not in item:
-        raise ConfigError(f"command line: '{item}' is not of the form key=value")
-    key, raw = item.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw  # not YAML (e.g. a bare ","): keep the text; the type check still applies
-    return key.strip(), value
-
-
-def _coerce(value: Any, tp: Any, key: str, src: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` (int, float, str, bool, list[...], unions)."""
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value in allowed:
-            return value
-        raise ConfigError(f"{src}: {key}: {value!r} is not one of {list(allowed)}")
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for arm in typing.get_args(tp):
-            try:
-                return _coerce(value, arm, key, src)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{src}: {key}: {value!r} matches none of {tp}")
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{src}: {key}: expected a list, got {value!r}")
-        (arm,) = typing.get_args(tp)
-        return [_coerce(v, arm, f"{key}[{i}]", src) for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{src}: {key}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{src}: {key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{src}: {key}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{src}: {key}: expected a string, got {value!r}")
-    if tp is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"{src}: {key}: expected null, got {value!r}")
-    raise ConfigError(f"{src}: {key}: unsupported type {tp}")
-
-
-def _build(cls: type, tree: dict, sources: dict[str, str], prefix: str = ""):
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if k not in names:
-            src = sources.get(key) or next((v for s_, v in sources.items() if s_.startswith(key + ".")), "config")
-            raise ConfigError(f"{src}: unknown key '{key}' (valid keys here: {', '.join(sorted(names))})")
-        tp = hints[k]
-        if dataclasses.is_dataclass(tp):
-            if not isinstance(v, dict):
-                raise ConfigError(f"{sources.get(key, 'config')}: {key}: expected a section (mapping), got {v!r}")
-            kwargs[k] = _build(tp, v, sources, key + ".")
-        else:
-            kwargs[k] = _coerce(v, tp, key, sources.get(key, "config"))
-    return cls(**kwargs)
-
-
-def _record_sources(tree: dict, src: str, out: dict, prefix: str = "") -> None:
-    for k, v in tree.items():
-        out[f"{prefix}{k}"] = src
-        if isinstance(v, dict):
-            _record_sources(v, src, out, f"{prefix}{k}.")
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """YAML file (optional) + ``key=value`` overrides -> a validated :class:`Config`."""
     tree: dict = {}
@@ -366,10 +254,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
         tree = loaded
-        _record_sources(tree, str(path), sources)
+        record_sources(tree, str(path), sources)
     for item in overrides:
         key, value = parse_override(item)
-        _set_dotted(tree, key, value)
+        set_dotted(tree, key, value)
         sources[key] = f"command line ({item})"
     return config_from_dict(tree, sources)
 
@@ -380,7 +268,7 @@ def config_from_dict(tree: dict, sources: dict[str, str] | None = None) -> Confi
     model = tree.get("model", {})
     if not isinstance(model, dict):
         raise ConfigError(f"{sources.get('model', 'config')}: model: expected a section")
-    preset = _coerce(model.get("preset", ModelConfig.preset), PresetName, "model.preset",
+    preset = coerce(model.get("preset", ModelConfig.preset), PresetName, "model.preset",
                      sources.get("model.preset", "config"))
     tree["model"] = apply_preset(preset, model, sources)
     data, ev = tree.get("data", {}), tree.get("eval", {})
@@ -388,7 +276,7 @@ def config_from_dict(tree: dict, sources: dict[str, str] | None = None) -> Confi
             data.get("source", DataConfig.source) != "builtin":
         tree["eval"] = {**ev, "builtin": False}  # the built-in shapes task says nothing about a user's data
         sources["eval.builtin"] = f"default for data.source={data.get('source')}"
-    cfg = _build(Config, tree, sources)
+    cfg = build(Config, tree, sources)
     validate(cfg, sources)
     cfg.origins = sources  # where each value came from (a file, the command line, a preset): logged at start
     return cfg

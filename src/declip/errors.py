@@ -10,6 +10,10 @@ class DeclipError(Exception):
     """Base of the expected failures."""
 
 
+class ConfigError(DeclipError, ValueError):
+    """A configuration problem; the message names the key and its source (file or command-line item)."""
+
+
 class DataError(DeclipError):
     """A data file, folder or shard set that cannot be used at all (missing, empty, wrong columns)."""
 

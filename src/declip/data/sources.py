@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..config import DataConfig
 from .builtin import BuiltinPairs
-from .errors import SKIP_REASONS, BadSample, require_dir  # noqa: F401  (the first two re-exported)
+from .errors import require_dir
 
 def build_source(cfg: DataConfig, image_size: int | None = None):
     """The configured source. ``image_size`` (the model's input side) lets file sources decode large JPEGs

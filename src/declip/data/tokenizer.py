@@ -9,7 +9,7 @@ import functools
 
 import torch
 
-from ..vocab import EOT_ID, MASK_ID, NUM_REGULAR_TOKENS, PAD_ID, SOT_ID, VOCAB_SIZE  # noqa: F401  (re-exported)
+from ..vocab import EOT_ID, SOT_ID
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,0 +1,122 @@
+"""The mechanics of reading a config: ``key=value`` parsing, merging, and checking each value against its
+dataclass annotation (int, float, str, bool, lists, unions, Literal choices), so that a mistake names the
+dotted key and the file or command-line item it came from. The sections themselves are in declip.config."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+
+
+def deep_merge(base: dict, top: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in top.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"command line: {key}: '{p}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``optim.lr=5e-4`` -> ("optim.lr", 0.0005); values are parsed as YAML scalars/lists."""
+    if "=" not in item:
+        raise ConfigError(f"command line: '{item}' is not of the form key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw  # not YAML (e.g. a bare ","): keep the text; the type check still applies
+    return key.strip(), value
+
+
+def coerce(value: Any, tp: Any, key: str, src: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (int, float, str, bool, list[...], unions)."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value in allowed:
+            return value
+        raise ConfigError(f"{src}: {key}: {value!r} is not one of {list(allowed)}")
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arm in typing.get_args(tp):
+            try:
+                return coerce(value, arm, key, src)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{src}: {key}: {value!r} matches none of {tp}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{src}: {key}: expected a list, got {value!r}")
+        (arm,) = typing.get_args(tp)
+        return [coerce(v, arm, f"{key}[{i}]", src) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{src}: {key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{src}: {key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{src}: {key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{src}: {key}: expected a string, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{src}: {key}: expected null, got {value!r}")
+    raise ConfigError(f"{src}: {key}: unsupported type {tp}")
+
+
+def build(cls: type, tree: dict, sources: dict[str, str], prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if k not in names:
+            src = sources.get(key) or next((v for s_, v in sources.items() if s_.startswith(key + ".")), "config")
+            raise ConfigError(f"{src}: unknown key '{key}' (valid keys here: {', '.join(sorted(names))})")
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(v, dict):
+                raise ConfigError(f"{sources.get(key, 'config')}: {key}: expected a section (mapping), got {v!r}")
+            kwargs[k] = build(tp, v, sources, key + ".")
+        else:
+            kwargs[k] = coerce(v, tp, key, sources.get(key, "config"))
+    return cls(**kwargs)
+
+
+def record_sources(tree: dict, src: str, out: dict, prefix: str = "") -> None:
+    for k, v in tree.items():
+        out[f"{prefix}{k}"] = src
+        if isinstance(v, dict):
+            record_sources(v, src, out, f"{prefix}{k}.")
