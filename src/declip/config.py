@@ -121,14 +121,31 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
+    """Evaluation during training and by ``declip eval`` (declip/eval/; metric names: declip/eval/names.py)."""
+
     every: int = 0  # 0 = only at the end of training
-    builtin: bool = True  # the built-in held-out zero-shot task
-    val_manifest: str = ""  # ImageNet val_official.json (JSON lines)
-    val_root: str = ""  # flat folder of ImageNet val images
+    tasks: list[str] = field(default_factory=lambda: ["zeroshot"])  # zeroshot | retrieval | linear-probe
+    best_metric: str = ""  # the metric that picks best.pt, e.g. val/balanced_top1; "" = the first zero-shot top-1
+    builtin: bool = True  # run each task on its built-in held-out set too
+    # zero-shot on a labelled manifest (JSON lines {"filename", "label", "label_name"}) + its image folder
+    val_manifest: str = ""
+    val_root: str = ""
+    val_kind: str = "auto"  # auto | imagenet (the published protocol) | generic (names from label_name/classnames)
+    classnames: str = ""  # generic: a file, one class name per line (line i names label i); "" = label_name
+    templates: str = ""  # a named set (openai-imagenet-80, simple) or a file of "{}" templates; "" = openai-imagenet-80
+    imagenet_templates: int = 80  # the first N of OpenAI's 80 prompt templates (80 = the published protocol)
+    # retrieval: a caption manifest (the training form; several lines or a caption list per image)
+    retrieval_manifest: str = ""
+    retrieval_root: str = ""
+    # linear probe: labelled train and test manifests
+    probe_train_manifest: str = ""
+    probe_train_root: str = ""
+    probe_test_manifest: str = ""
+    probe_test_root: str = ""
+    probe_l2: float = 0.0  # L2 strength of the probe; 0 = chosen on a validation split (CLIP's protocol)
     batch_size: int = 128
     num_workers: int = 2
-    max_images: int = 0  # 0 = all
-    imagenet_templates: int = 80  # the first N of OpenAI's 80 prompt templates (80 = the published protocol)
+    max_images: int = 0  # per evaluation set; 0 = all
 
 
 @dataclass
@@ -177,6 +194,7 @@ CHOICES = {
     "train.precision": {"fp32", "bf16", "fp16"},
     "train.mode": {"full", "performance"},
     "train.nonfinite": {"skip", "stop"},
+    "eval.val_kind": {"auto", "imagenet", "generic"},
 }
 
 
@@ -396,11 +414,34 @@ def validate(cfg: Config, sources: dict[str, str] | None = None) -> None:
     check(tr.keep_last >= 1, "train.keep_last", "must be >= 1")
     check(tr.dist_timeout_s >= 60, "train.dist_timeout_s", "must be >= 60 seconds")
     check(bool(tr.output_dir), "train.output_dir", "must not be empty")
-    check(cfg.eval.every >= 0, "eval.every", "must be >= 0")
-    check(cfg.eval.batch_size > 0, "eval.batch_size", "must be > 0")
-    check(1 <= cfg.eval.imagenet_templates <= 80, "eval.imagenet_templates", "must be in [1, 80]")
-    check(bool(cfg.eval.val_manifest) == bool(cfg.eval.val_root), "eval.val_root",
+    _validate_eval(cfg.eval, check)
+
+
+def _validate_eval(ev: EvalConfig, check) -> None:
+    from .eval.names import TASKS, producible_metrics  # import-light: no torch
+
+    check(ev.every >= 0, "eval.every", "must be >= 0")
+    check(ev.batch_size > 0, "eval.batch_size", "must be > 0")
+    check(ev.num_workers >= 0, "eval.num_workers", "must be >= 0")
+    check(ev.max_images >= 0, "eval.max_images", "must be >= 0 (0 = all)")
+    check(1 <= ev.imagenet_templates <= 80, "eval.imagenet_templates", "must be in [1, 80]")
+    check(bool(ev.tasks) and set(ev.tasks) <= set(TASKS) and len(set(ev.tasks)) == len(ev.tasks), "eval.tasks",
+          f"{ev.tasks!r}: a list of distinct task names from {list(TASKS)}")
+    check(bool(ev.val_manifest) == bool(ev.val_root), "eval.val_root",
           "eval.val_manifest and eval.val_root go together")
+    check(bool(ev.retrieval_manifest) == bool(ev.retrieval_root), "eval.retrieval_root",
+          "eval.retrieval_manifest and eval.retrieval_root go together")
+    probe = (ev.probe_train_manifest, ev.probe_train_root, ev.probe_test_manifest, ev.probe_test_root)
+    check(all(probe) or not any(probe), "eval.probe_test_manifest", "the linear probe needs all four of "
+          "eval.probe_train_manifest, eval.probe_train_root, eval.probe_test_manifest, eval.probe_test_root")
+    check(ev.probe_l2 >= 0, "eval.probe_l2", "must be >= 0 (0 = validated)")
+    check(not (ev.classnames and ev.val_kind == "imagenet"), "eval.classnames",
+          "the ImageNet protocol names its 1000 classes itself; use eval.val_kind=generic for a class-name file")
+    if ev.best_metric:
+        known = producible_metrics(ev)
+        check(ev.best_metric in known, "eval.best_metric",
+              f"{ev.best_metric!r} is produced by no configured evaluation (eval.tasks={ev.tasks}, "
+              f"eval.builtin={ev.builtin}); one of: {', '.join(known) or 'none'}")
 
 
 def demo_config_path() -> Path:

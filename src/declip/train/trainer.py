@@ -146,21 +146,27 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- eval
     def evaluate(self) -> dict[str, float]:
+        from ..eval.suite import EvalDataError, best_metric, headline, run_evaluation
+
         results, improved = {}, False
         if self.info.is_main:  # rank 0 alone, on the unwrapped towers: no DDP collective inside
-            results = run_zero_shot(self.method.clip, self.cfg, self.device)
-            self.writer.write(self.step, results, kind="eval")
-            shown = {k: round(v, 2) for k, v in results.items() if k.endswith(("top1", "top5", "chance"))}
-            log.info("zero-shot @ step %d: %s", self.step, shown)
-            top1 = results.get("imagenet/top1", results.get("builtin/top1"))
-            improved = top1 is not None and top1 > self.best
+            picked = None
+            try:  # bad eval inputs are logged, not raised: they must not cost the run or its final checkpoint
+                results = run_evaluation(self.method.clip, self.cfg, self.device)
+                if results:
+                    self.writer.write(self.step, results, kind="eval")
+                    log.info("eval @ step %d: %s", self.step, headline(results))
+                    picked = best_metric(results, self.cfg)  # (name, value) by eval.best_metric
+            except EvalDataError as e:
+                log.error("evaluation @ step %d failed: %s", self.step, e)
+            improved = picked is not None and picked[1] > self.best
             if improved:
-                self.best, self.best_step = top1, self.step
+                self.best, self.best_step = picked[1], self.step
         flag = torch.tensor([float(self.info.is_main and improved)], device=self.device)
         if dist.all_reduce_sum(flag).item() > 0:  # every rank joins the payload's RNG gather
             payload = self._payload()
             if self.info.is_main:
-                log.info("best zero-shot top-1 so far (%.2f%%): %s", self.best, save_best(self.out, payload))
+                log.info("best %s so far (%.2f): %s", picked[0], self.best, save_best(self.out, payload))
         dist.barrier()
         return results
 
