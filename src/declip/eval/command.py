@@ -107,7 +107,7 @@ def run_eval_command(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in results.items()}, indent=1))
+        print(json.dumps({k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in results.items()}, indent=1))
     else:
         print(format_results(results))
     return 0

@@ -11,8 +11,6 @@ very weak penalty on separable features the optimum is at infinity, and the accu
 from __future__ import annotations
 
 import contextlib
-import logging
-import math
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +20,6 @@ from ..data.views import eval_transform
 from .common import EvalDataError, EvalImages, FileImages, check_root, image_features
 from .zeroshot import read_labelled
 
-log = logging.getLogger(__name__)
 
 COARSE_EXPONENTS = tuple(range(-6, 3))  # l2 = 10**e
 VAL_FRACTION = 0.2
@@ -97,14 +94,15 @@ def linear_probe(train_x, train_y, test_x, test_y, num_classes: int, l2: float |
     """Top-1 (and balanced top-1) on the test features; ``l2=None`` validates it on the training set."""
     if len(train_y) < 5:
         raise EvalDataError(f"linear probe: {len(train_y)} readable training images; need at least 5")
-    val_top1 = math.nan
+    validated = {}
     if l2 is None:
         l2, val_top1 = select_l2(train_x, train_y, num_classes)
+        validated["val_top1"] = val_top1  # the chosen strength's accuracy on the held-out 20% of train
     model = fit_logreg(train_x, train_y, num_classes, l2)
     hit = predict(model, test_x) == test_y
     balanced = torch.stack([hit[test_y == c].double().mean() for c in test_y.unique()]).mean()
     return {"top1": 100.0 * hit.double().mean().item(), "balanced_top1": 100.0 * balanced.item(),
-            "l2": l2, "val_top1": val_top1, "classes": num_classes}
+            "l2": l2, **validated, "classes": num_classes}
 
 
 def _probe(clip, cfg: Config, device, train: tuple, test: tuple, what: str) -> dict[str, float]:

@@ -31,10 +31,11 @@ def recall_at_k(sim: torch.Tensor, text_image: torch.Tensor, ks=KS) -> dict[str,
     positive = text_image[None, :] == torch.arange(n_image)[:, None]  # [I, T]: text t describes image i
     out = {}
     for k in ks:
-        top_images = sim.topk(min(k, n_image), dim=1).indices  # [T, k]
-        out[f"t2i_r{k}"] = 100.0 * (top_images == text_image[:, None]).any(dim=1).float().mean().item()
         top_texts = sim.T.topk(min(k, n_text), dim=1).indices  # [I, k]
         out[f"i2t_r{k}"] = 100.0 * positive.gather(1, top_texts).any(dim=1).float().mean().item()
+    for k in ks:
+        top_images = sim.topk(min(k, n_image), dim=1).indices  # [T, k]
+        out[f"t2i_r{k}"] = 100.0 * (top_images == text_image[:, None]).any(dim=1).float().mean().item()
     out["mean_recall"] = sum(out.values()) / len(out)
     return out
 
