@@ -48,7 +48,7 @@ def test_zeroshot_on_a_labelled_manifest_counts_bad_lines_and_missing_images(che
     manifest.write_text(sets["val"].read_text() + "not json\n"
                         + json.dumps({"filename": "images/gone.png", "label": 1, "label_name": "square"}) + "\n")
     code, out, err = run_cli(capsys, "--checkpoint", checkpoint, "--task", "zeroshot", "--val-manifest", manifest,
-                             "--val-root", sets["root"], "--templates", sets["templates"], "--max-images", 30)
+                             "--val-root", sets["root"], "--templates", sets["templates"], "--max-images", 30, "--brief")
     assert code == 0, err
     line = next(ln for ln in out.splitlines() if ln.startswith("val:"))
     for key in ("top1=", "top5=", "balanced_top1=", "chance=10.00", "majority=10.00", "images=20",
@@ -60,14 +60,16 @@ def test_zeroshot_on_a_labelled_manifest_counts_bad_lines_and_missing_images(che
 
 def test_retrieval_and_probe_print_their_metrics(checkpoint, sets, capsys):
     code, out, err = run_cli(capsys, "--checkpoint", checkpoint, "--task", "retrieval", "--captions",
-                             sets["captions"], "--root", sets["root"], "--json")
+                             sets["captions"], "--root", sets["root"])
     assert code == 0, err
     res = json.loads(out)
     assert {"retrieval/i2t_r1", "retrieval/t2i_r1", "retrieval/i2t_r10", "retrieval/t2i_r5"} <= set(res)
     assert res["retrieval/images"] == 20 and res["retrieval/texts"] == 40 and res["retrieval/t2i_r10"] >= 50
     code, out, err = run_cli(capsys, "--checkpoint", checkpoint, "--task", "linear-probe", "--train-manifest",
-                             sets["probe_train"], "--test-manifest", sets["val"], "--root", sets["root"])
-    assert code == 0, err and "probe: top1=" in out
+                             sets["probe_train"], "--test-manifest", sets["val"], "--root", sets["root"],
+                             "--brief")
+    assert code == 0, err
+    assert out.startswith("probe: top1=") and " l2=" in out and "train_images=20 images=20" in out
 
 
 def test_bad_inputs_exit_2_with_a_clear_message(checkpoint, sets, capsys, tmp_path):

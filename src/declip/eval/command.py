@@ -50,7 +50,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--num-workers", type=int, default=None)
     p.add_argument("--device", default=None)
-    p.add_argument("--json", action="store_true", help="print the flat metrics as JSON")
+    p.add_argument("--brief", action="store_true", help="one line per set instead of the JSON metrics")
     p.add_argument("--write-builtin", default=None, metavar="DIR",
                    help="write the built-in held-out sets as manifests + PNGs to DIR and exit")
 
@@ -92,7 +92,8 @@ def _runtime(args) -> dict:
 
 
 def run_eval_command(args) -> int:
-    """The ``declip eval`` sub-command. Exit 0 with the metrics; 2 for unusable inputs (the message says why)."""
+    """The ``declip eval`` sub-command: the flat metrics as JSON on stdout (``--brief``: one line per set),
+    exit 0; exit 2 for unusable inputs, the reason on stderr."""
     from .common import EvalDataError
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(message)s")
@@ -106,10 +107,10 @@ def run_eval_command(args) -> int:
     except EvalDataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps({k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in results.items()}, indent=1))
-    else:
+    if args.brief:
         print(format_results(results))
+    else:  # the flat metrics as JSON, as `declip eval` always printed them
+        print(json.dumps({k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in results.items()}, indent=1))
     return 0
 
 
