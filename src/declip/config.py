@@ -431,9 +431,11 @@ def _validate_eval(ev: EvalConfig, check) -> None:
           "eval.val_manifest and eval.val_root go together")
     check(bool(ev.retrieval_manifest) == bool(ev.retrieval_root), "eval.retrieval_root",
           "eval.retrieval_manifest and eval.retrieval_root go together")
-    probe = (ev.probe_train_manifest, ev.probe_train_root, ev.probe_test_manifest, ev.probe_test_root)
-    check(all(probe) or not any(probe), "eval.probe_test_manifest", "the linear probe needs all four of "
-          "eval.probe_train_manifest, eval.probe_train_root, eval.probe_test_manifest, eval.probe_test_root")
+    probe = {k: getattr(ev, k) for k in ("probe_train_manifest", "probe_train_root", "probe_test_manifest",
+                                         "probe_test_root")}
+    given = [k for k, v in probe.items() if v]  # named after a key that was set: its source is known
+    check(len(given) in (0, 4), f"eval.{given[0] if given else 'probe_train_manifest'}",
+          f"the linear probe needs all four of {', '.join('eval.' + k for k in probe)}")
     check(ev.probe_l2 >= 0, "eval.probe_l2", "must be >= 0 (0 = validated)")
     check(not (ev.classnames and ev.val_kind == "imagenet"), "eval.classnames",
           "the ImageNet protocol names its 1000 classes itself; use eval.val_kind=generic for a class-name file")
