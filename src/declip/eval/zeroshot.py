@@ -11,8 +11,10 @@ form) beside an image folder. Two protocols (``eval.val_kind``):
 - ``imagenet``: the published one, whatever the manifest says: open_clip's 1000 IMAGENET_CLASSNAMES indexed by
   ``label`` and the first ``eval.imagenet_templates`` of OpenAI's 80 templates; metrics under ``imagenet/``.
 - ``generic``: class ``i`` is named by ``eval.classnames`` (a file, line i; it must name labels 0..max) or
-  else the classes are the labels that occur, each named by its lines' ``label_name``; templates from ``eval.templates`` (default the 80 OpenAI ones); metrics under
-  ``val/``.
+  else the classes are the labels that occur, each named by its lines' ``label_name``; templates from
+  ``eval.templates`` (default the 80 OpenAI ones); metrics under ``val/``.
+
+``eval.templates`` replaces the prompts under either protocol (ImageNet's published numbers use the default).
 - ``auto`` (default): ``imagenet`` when no class-name file is given and every file is an ``ILSVRC2012_val_*``
   image or every ``label_name`` is ImageNet's name for its label; else ``generic``.
 """
