@@ -76,7 +76,7 @@ def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
 
 def test_best_pt_follows_the_best_eval_and_is_never_pruned(tiny_cfg, monkeypatch):
     scores = iter([10.0, 30.0, 20.0])  # evals at steps 1, 2 and the final one at 3
-    monkeypatch.setattr("declip.train.trainer.run_zero_shot", lambda *a, **k: {"builtin/top1": next(scores)})
+    monkeypatch.setattr("declip.eval.suite.run_evaluation", lambda *a, **k: {"builtin/top1": next(scores)})
     cfg = tiny_cfg("train.steps=3", "eval.every=1", "train.ckpt_every=1", "train.keep_last=1")
     run_trainer(cfg)
     run = cfg.train.output_dir

@@ -154,7 +154,7 @@ def _torchrun_train(out: Path, *args: str, resume: bool = False) -> str:
 def test_torchrun_two_processes_train_checkpoint_resume_performance(tmp_path):
     out = tmp_path / "run"
     log = _torchrun_train(out, "train.steps=2")
-    assert "world=2" in log and "zero-shot @ step 2" in log
+    assert "world=2" in log and "eval @ step 2" in log
     first = sorted(out.glob("ckpt_*.pt"))
     assert [p.name for p in first] == ["ckpt_00000002.pt"]
     state = torch.load(first[0], weights_only=True)

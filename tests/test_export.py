@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from declip.cli import main as cli_main
 from declip.data.tokenizer import tokenize
 from declip.data.views import IMAGENET_MEAN, IMAGENET_STD
+from declip.errors import CheckpointError
 from declip.export import CONFIG_NAME, WEIGHTS_NAME, export_open_clip
 from declip.methods import build_method
 from helpers import TINY_RN
@@ -78,5 +79,5 @@ def test_cli_export_and_errors(tiny_cfg, tmp_path, capsys):
     assert "49408" in (tmp_path / "x" / "README.md").read_text()  # the tokenizer note
 
     torch.save({"model": {"queue.bank": torch.zeros(2)}, "config": cfg.to_dict()}, tmp_path / "bad.pt")
-    with pytest.raises(ValueError, match="clip"):
+    with pytest.raises(CheckpointError, match="clip"):
         export_open_clip(tmp_path / "bad.pt", tmp_path / "y")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import logging
 import sys
 
@@ -44,25 +43,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .config import config_from_dict
-    from .device import resolve_device
-    from .eval.zeroshot import run_zero_shot
-    from .methods import build_method
-    from .train.checkpoint import assert_finite, load_checkpoint
+    from .cli_eval import run_eval_command
 
-    state = load_checkpoint(args.checkpoint)
-    assert_finite(state["model"], doing=f"evaluate {args.checkpoint}")
-    cfg = config_from_dict(state["config"])
-    if args.val_manifest:
-        cfg.eval.val_manifest, cfg.eval.val_root = args.val_manifest, args.val_root
-        cfg.eval.builtin = args.builtin
-    cfg.eval.max_images = args.max_images or cfg.eval.max_images
-    device = resolve_device(args.device or "auto")
-    method = build_method(cfg)
-    method.load_state_dict(state["model"])
-    results = run_zero_shot(method.clip.to(device), cfg, device)
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in results.items()}, indent=1))
-    return 0
+    return run_eval_command(args)
 
 
 def cmd_export(args) -> int:
@@ -100,13 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=5e-4 train.steps=200")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="zero-shot evaluation of a checkpoint")
-    e.add_argument("--checkpoint", required=True, help="a declip checkpoint (ckpt_*.pt or best.pt)")
-    e.add_argument("--val-manifest", default="", help="ImageNet val_official.json (JSON lines)")
-    e.add_argument("--val-root", default="", help="flat folder of ImageNet val images")
-    e.add_argument("--builtin", action="store_true", help="with --val-manifest: also run the built-in task")
-    e.add_argument("--max-images", type=int, default=0, help="evaluate on the first N images only (0 = all)")
-    e.add_argument("--device", default=None, help="auto (default), cpu, cuda, ...")
+    from .cli_eval import add_eval_arguments  # import-light (no torch)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint: zero-shot, retrieval, linear probe")
+    add_eval_arguments(e)
     e.set_defaults(func=cmd_eval)
 
     x = sub.add_parser("export", help="write a checkpoint's towers as an open_clip 'local-dir:' model")

@@ -17,14 +17,17 @@ import yaml
 
 from .config_parse import build, coerce, parse_override, record_sources, set_dotted
 from .errors import ConfigError  # noqa: F401  (re-exported: declip.config.ConfigError)
+from .metric_names import TASKS, producible_metrics
 from .presets import PRESETS, apply_preset
 
 
 Check = Callable[[bool, str, str], None]  # check(ok, dotted key, message): raises ConfigError naming the source
 EdaOp = Literal["synonym", "swap", "delete", "insert"]  # the one list of EDA operation names
 DEFAULT_EDA_OPS: tuple[str, ...] = ("synonym", "swap", "delete")  # the reference's (no random insertion)
+EvalTask = Literal["zeroshot", "retrieval", "linear-probe"]  # declip.metric_names.TASKS
 PresetName = Literal["tiny-vit", "tiny-rn", "vit-b-32", "rn50"]  # declip.presets.PRESETS: their values
 assert set(PRESETS) == set(typing.get_args(PresetName)), "PresetName and PRESETS must list the same presets"
+assert TASKS == typing.get_args(EvalTask), "EvalTask and metric_names.TASKS must list the same tasks"
 
 
 # --------------------------------------------------------------------------------------------- sections
@@ -208,21 +211,56 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
+    """Evaluation during training and by ``declip eval`` (declip/eval/; metric names: declip/metric_names.py)."""
+
     every: int = 0  # 0 = only at the end of training
-    builtin: bool = True  # the built-in held-out zero-shot task (default off when training on other data)
-    val_manifest: str = ""  # ImageNet val_official.json (JSON lines)
-    val_root: str = ""  # flat folder of ImageNet val images
+    tasks: list[EvalTask] = field(default_factory=lambda: ["zeroshot"])
+    best_metric: str = ""  # the metric that picks best.pt, e.g. val/balanced_top1; "" = the first zero-shot top-1
+    builtin: bool = True  # run each task on its built-in held-out set too (default off when training on other data)
+    # zero-shot on a labelled manifest (JSON lines {"filename", "label", "label_name"}) + its image folder
+    val_manifest: str = ""
+    val_root: str = ""
+    val_kind: Literal["auto", "imagenet", "generic"] = "auto"  # imagenet: the published protocol; generic: names
+    # from label_name or eval.classnames; auto: imagenet when the manifest is ImageNet's
+    classnames: str = ""  # generic: a file, one class name per line (line i names label i); "" = label_name
+    templates: str = ""  # a named set (openai-imagenet-80, simple) or a file of "{}" templates; "" = openai-imagenet-80
+    imagenet_templates: int = 80  # the first N of OpenAI's 80 prompt templates (80 = the published protocol)
+    # retrieval: a caption manifest (the training form; several lines or a caption list per image)
+    retrieval_manifest: str = ""
+    retrieval_root: str = ""
+    # linear probe: labelled train and test manifests
+    probe_train_manifest: str = ""
+    probe_train_root: str = ""
+    probe_test_manifest: str = ""
+    probe_test_root: str = ""
+    probe_l2: float = 0.0  # L2 strength of the probe; 0 = chosen on a validation split (CLIP's protocol)
     batch_size: int = 128
     num_workers: int = 2
-    max_images: int = 0  # 0 = all
-    imagenet_templates: int = 80  # the first N of OpenAI's 80 prompt templates (80 = the published protocol)
+    max_images: int = 0  # per evaluation set; 0 = all
 
     def validate(self, check: Check) -> None:
         check(self.every >= 0, "eval.every", "must be >= 0")
         check(self.batch_size > 0, "eval.batch_size", "must be > 0")
+        check(self.num_workers >= 0, "eval.num_workers", "must be >= 0")
+        check(self.max_images >= 0, "eval.max_images", "must be >= 0 (0 = all)")
         check(1 <= self.imagenet_templates <= 80, "eval.imagenet_templates", "must be in [1, 80]")
-        check(bool(self.val_manifest) == bool(self.val_root), "eval.val_root",
-              "eval.val_manifest and eval.val_root go together")
+        check(bool(self.tasks) and len(set(self.tasks)) == len(self.tasks), "eval.tasks",
+              f"{self.tasks!r}: a non-empty list of distinct tasks")
+        for manifest, root in (("val_manifest", "val_root"), ("retrieval_manifest", "retrieval_root")):
+            check(bool(getattr(self, manifest)) == bool(getattr(self, root)), f"eval.{root}",
+                  f"eval.{manifest} and eval.{root} go together")
+        probe = ("probe_train_manifest", "probe_train_root", "probe_test_manifest", "probe_test_root")
+        given = [k for k in probe if getattr(self, k)]  # named after a key that was set: its source is known
+        check(len(given) in (0, 4), f"eval.{given[0] if given else probe[0]}",
+              f"the linear probe needs all four of {', '.join('eval.' + k for k in probe)}")
+        check(self.probe_l2 >= 0, "eval.probe_l2", "must be >= 0 (0 = validated)")
+        check(not (self.classnames and self.val_kind == "imagenet"), "eval.classnames",
+              "the ImageNet protocol names its 1000 classes itself; use eval.val_kind=generic for a class-name file")
+        if self.best_metric:
+            known = producible_metrics(self)
+            check(self.best_metric in known, "eval.best_metric",
+                  f"{self.best_metric!r} is produced by no configured evaluation (eval.tasks={self.tasks}, "
+                  f"eval.builtin={self.builtin}); one of: {', '.join(known) or 'none'}")
 
 
 @dataclass

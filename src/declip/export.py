@@ -30,6 +30,7 @@ from .config import config_from_dict
 from .vocab import EOT_ID, MASK_ID
 from .data.views import IMAGENET_MEAN, IMAGENET_STD
 from .models.towers import build_clip, open_clip_model_cfg
+from .errors import CheckpointError
 from .train.checkpoint import assert_finite, load_checkpoint
 
 CONFIG_NAME = "open_clip_config.json"
@@ -41,7 +42,8 @@ def tower_state_dict(model_state: dict) -> dict[str, torch.Tensor]:
     """The towers' entries of a method state dict, with the ``clip.`` prefix removed (open_clip names)."""
     towers = {k[len(TOWER_PREFIX):]: v for k, v in model_state.items() if k.startswith(TOWER_PREFIX)}
     if not towers:
-        raise ValueError(f"no '{TOWER_PREFIX}*' entries in the checkpoint's model state: not a declip checkpoint?")
+        raise CheckpointError(f"no '{TOWER_PREFIX}*' entries in the checkpoint's model state: not a declip "
+                              "checkpoint?")
     return towers
 
 
@@ -53,21 +55,30 @@ def preprocess_cfg(image_size: int) -> dict:
             "interpolation": "bilinear", "resize_mode": "shortest"}
 
 
+def load_towers(checkpoint: str | Path, device="cpu", doing: str = "evaluate"):
+    """(open_clip towers with the checkpoint's weights in eval mode, the checkpoint's Config, the payload).
+
+    Towers only: evaluation and export never need the SimSiam/MLM heads or a 65,536 x D NN queue. Refuses
+    non-finite weights, and weights that do not fit the config (naming the keys) here rather than in a
+    user's open_clip call."""
+    state = load_checkpoint(checkpoint)
+    towers = tower_state_dict(state["model"])
+    assert_finite(towers, doing=f"{doing} {checkpoint}")
+    cfg = config_from_dict(state["config"])
+    clip = build_clip(cfg.model)
+    missing, unexpected = clip.load_state_dict(towers, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{checkpoint}: tower weights do not match the model config "
+                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return clip.to(torch.device(device)).eval(), cfg, state
+
+
 def export_open_clip(checkpoint: str | Path, out_dir: str | Path) -> Path:
     from safetensors.torch import save_file
 
     checkpoint, out = Path(checkpoint), Path(out_dir)
-    state = load_checkpoint(checkpoint)
-    cfg = config_from_dict(state["config"])
-    towers = tower_state_dict(state["model"])
-    assert_finite(towers, doing=f"export {checkpoint}")
-    # Fail here, naming the keys, rather than in the user's open_clip call: the weights must fit the config.
-    probe = build_clip(cfg.model)
-    missing, unexpected = probe.load_state_dict(towers, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{checkpoint}: tower weights do not match the model config "
-                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
-    del probe
+    clip, cfg, state = load_towers(checkpoint, doing="export")
+    towers = clip.state_dict()
 
     out.mkdir(parents=True, exist_ok=True)
     step = int(state.get("step", -1))

@@ -1,136 +1,190 @@
-"""Zero-shot classification: a classifier from class names x prompt templates (open_clip's builder: mean of
-L2-normalised prompt embeddings, renormalised), then top-1/top-5 of normalised image embeddings.
+"""Zero-shot classification on the built-in task or any labelled manifest.
 
-Inputs: the built-in held-out task, and ImageNet in the reference's form (val_official.json JSON lines
-{"filename", "label", "label_name"} + a flat image folder) with the 80 OpenAI templates.
+The classifier is open_clip's builder (per class: prompt embeddings L2-normalised, averaged, renormalised);
+images are scored by cosine similarity. Reported: top-1, top-5, balanced top-1 (mean of per-class recalls, the
+honest number when classes are imbalanced), chance (100 / classes) and the majority-class rate (what always
+answering the most frequent class would score), so a number can be judged without knowing the data.
+
+A labelled manifest is JSON lines ``{"filename", "label", "label_name"}`` (the reference's val_official.json
+form) beside an image folder. Two protocols (``eval.val_kind``):
+
+- ``imagenet``: the published one, whatever the manifest says: open_clip's 1000 IMAGENET_CLASSNAMES indexed by
+  ``label`` and the first ``eval.imagenet_templates`` of OpenAI's 80 templates; metrics under ``imagenet/``.
+- ``generic``: class ``i`` is named by ``eval.classnames`` (a file, line i; it must name labels 0..max) or
+  else the classes are the labels that occur, each named by its lines' ``label_name``; templates from
+  ``eval.templates`` (default the 80 OpenAI ones); metrics under ``val/``.
+
+``eval.templates`` replaces the prompts under either protocol (ImageNet's published numbers use the default).
+- ``auto`` (default): ``imagenet`` when no class-name file is given and every file is an ``ILSVRC2012_val_*``
+  image or every ``label_name`` is ImageNet's name for its label; else ``generic``.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from open_clip import build_zero_shot_classifier
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 
 from ..config import Config
 from ..data.builtin import BuiltinZeroShot
 from ..data.tokenizer import tokenize
 from ..data.views import eval_transform
+from .common import (EvalDataError, EvalImages, FileImages, Manifest, check_root, counts, eval_mode,
+                     image_features, read_manifest)
 
 log = logging.getLogger(__name__)
 
-
-class ImageNetVal(Dataset):
-    """val_official.json + flat folder. Bad lines and missing/corrupt images are counted, not fatal."""
-
-    def __init__(self, manifest: str, root: str, transform, max_images: int = 0):
-        self.root, self.transform = Path(root), transform
-        self.items: list[tuple[str, int]] = []
-        self.bad_lines: list[str] = []
-        if not Path(manifest).is_file():
-            raise FileNotFoundError(f"ImageNet manifest not found: {manifest}")
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"ImageNet image folder not found: {root}")
-        with open(manifest, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                    label = int(rec["label"])
-                    if not 0 <= label < len(IMAGENET_CLASSNAMES):
-                        raise ValueError(f"label {label} outside [0, 1000)")
-                    self.items.append((str(rec["filename"]), label))
-                except (ValueError, KeyError, TypeError) as e:
-                    self.bad_lines.append(f"{manifest}:{lineno}: {e}")
-        if max_images:
-            self.items = self.items[:max_images]
-        if self.bad_lines:
-            log.warning("%d unusable lines in %s, e.g. %s", len(self.bad_lines), manifest, self.bad_lines[0])
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        name, label = self.items[i]
-        try:
-            with Image.open(self.root / name) as im:
-                image = im.convert("RGB")
-        except (OSError, ValueError):
-            return torch.zeros(3, 1, 1), -1  # counted as unreadable by the evaluator
-        return self.transform(image), label
+TEMPLATE_SETS = {"openai-imagenet-80": tuple(OPENAI_IMAGENET_TEMPLATES), "simple": ("a photo of a {}.",)}
 
 
-class BuiltinEval(Dataset):
-    def __init__(self, transform, max_images: int = 0):
-        self.task, self.transform = BuiltinZeroShot(), transform
-        self.n = min(len(self.task), max_images) if max_images else len(self.task)
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        image, label = self.task.load(i)
-        return self.transform(image), label
-
-
-def _collate(items):
-    ok = [(x, y) for x, y in items if y >= 0]
-    bad = len(items) - len(ok)
-    if not ok:
-        return None, None, bad
-    return torch.stack([x for x, _ in ok]), torch.tensor([y for _, y in ok]), bad
+# ------------------------------------------------------------------------------------------ the metrics
+def zero_shot_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, float]:
+    """Percentages from [N, C] scores and [N] labels. Balanced top-1 averages the per-class recall over the
+    classes that occur in ``labels`` (a class with no image has no recall to average)."""
+    top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    hit1 = top[:, 0] == labels
+    per_class = [hit1[labels == c].float().mean() for c in labels.unique()]
+    majority = torch.bincount(labels, minlength=num_classes).max()
+    return {"top1": 100.0 * hit1.float().mean().item(),
+            "top5": 100.0 * (top == labels[:, None]).any(dim=1).float().mean().item(),
+            "balanced_top1": 100.0 * torch.stack(per_class).mean().item(),
+            "chance": 100.0 / num_classes, "majority": 100.0 * majority.item() / labels.numel(),
+            "classes": num_classes}
 
 
-@torch.no_grad()
-def zero_shot_accuracy(clip, dataset: Dataset, classnames, templates, device, batch_size: int = 128,
-                       num_workers: int = 0, context_length: int = 77) -> dict[str, float]:
-    was_training = clip.training
-    clip.eval()
-    try:
+def classify(clip, images: EvalImages, labels: list[int], classnames, templates, device, batch_size=128,
+             num_workers=0, context_length=77, what="zero-shot") -> dict[str, float]:
+    """Zero-shot metrics of ``images`` (item i has label ``labels[i]``), plus the readable/unreadable counts."""
+    with eval_mode(clip):
         classifier = build_zero_shot_classifier(
             clip, lambda texts: tokenize(list(texts), context_length), list(classnames), list(templates),
-            num_classes_per_batch=10, device=device)
-        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
-        correct1 = correct5 = total = unreadable = 0
-        for images, labels, bad in loader:
-            unreadable += bad
-            if images is None:
+            num_classes_per_batch=10, device=device).float().cpu()
+    feats = image_features(clip, images, device, batch_size, num_workers, what)
+    y = torch.tensor(labels, dtype=torch.long)[feats.index]
+    return {**zero_shot_metrics(feats.feats @ classifier, y, len(classnames)), **counts(feats, 0)}
+
+
+# -------------------------------------------------------------------------------- prompts and classes
+def read_lines(path: str | Path, what: str) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise EvalDataError(f"{what} file not found: {path}")
+    return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
+def load_templates(spec: str, imagenet_templates: int = 80) -> tuple:
+    """A named set (``openai-imagenet-80``: the first ``imagenet_templates`` of them; ``simple``) or a file
+    with one template per line, each holding ``{}`` where the class name goes."""
+    if spec in TEMPLATE_SETS:
+        return TEMPLATE_SETS[spec][:imagenet_templates] if spec == "openai-imagenet-80" else TEMPLATE_SETS[spec]
+    templates = read_lines(spec, "templates")
+    bad = [t for t in templates if "{}" not in t]
+    if not templates or bad:
+        raise EvalDataError(f"templates file {spec}: every line needs '{{}}' for the class name "
+                            f"({'empty file' if not templates else f'e.g. {bad[0]!r}'})")
+    return tuple(templates)
+
+
+def _check_label(rec: dict) -> None:
+    label = rec.get("label")
+    if isinstance(label, bool) or not isinstance(label, int) or label < 0:
+        raise ValueError(f"'label' must be a non-negative integer, got {label!r}")
+
+
+def read_labelled(path: str | Path) -> Manifest:
+    """A labelled manifest; lines without an integer ``label`` count as bad."""
+    return read_manifest(path, _check_label)
+
+
+def looks_like_imagenet(man: Manifest) -> bool:
+    recs = man.records
+    if not recs:
+        return False
+    if all(Path(r["filename"]).name.startswith("ILSVRC2012_val_") for r in recs):
+        return True
+    return all(r["label"] < 1000 and r.get("label_name") == IMAGENET_CLASSNAMES[r["label"]] for r in recs)
+
+
+def names_from_manifest(man: Manifest) -> tuple[list[str], dict[int, int]]:
+    """(class names, label -> column): the classes are the labels that occur, in label order, each named by
+    the ``label_name`` of its lines (a subset of a data set keeps working). A line whose label_name
+    contradicts an earlier one is moved to the bad lines (which name would be right?)."""
+    names: dict[int, str] = {}
+    keep = []
+    for r in man.records:
+        name = r.get("label_name")
+        if isinstance(name, str) and name.strip():
+            known = names.setdefault(r["label"], name.strip())
+            if known != name.strip():
+                man.bad.append(f"{man.path}:{r['_line']}: label_name {name!r} contradicts {known!r} for label "
+                               f"{r['label']}")
                 continue
-            images, labels = images.to(device), labels.to(device)
-            feats = F.normalize(clip.encode_image(images), dim=-1)
-            logits = feats @ classifier
-            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            correct1 += (top[:, 0] == labels).sum().item()
-            correct5 += (top == labels[:, None]).any(dim=1).sum().item()
-            total += labels.numel()
-    finally:
-        clip.train(was_training)
-    if total == 0:
-        raise RuntimeError("zero-shot evaluation found no readable images")
-    return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total, "images": total,
-            "unreadable": unreadable, "chance": 100.0 / len(classnames)}
+        keep.append(r)
+    man.records = keep
+    labels = sorted({r["label"] for r in keep})
+    missing = [c for c in labels if c not in names]
+    if missing:
+        raise EvalDataError(f"{man.path}: no label_name for label(s) {missing[:10]}: give the class names with "
+                            "--classnames FILE (eval.classnames), one per line, line i naming label i")
+    return [names[c] for c in labels], {c: j for j, c in enumerate(labels)}
 
 
-def run_zero_shot(clip, cfg: Config, device) -> dict[str, float]:
-    """All configured zero-shot tasks -> flat metrics, e.g. {"builtin/top1": 41.2, "imagenet/top1": ...}."""
-    transform = eval_transform(cfg.model.vision.image_size)
-    ctx, out = cfg.model.text.context_length, {}
+def names_from_file(man: Manifest, path: str) -> list[str]:
+    names = read_lines(path, "class names")
+    k = max(r["label"] for r in man.records) + 1
+    if len(names) != k:
+        raise EvalDataError(f"class names file {path} has {len(names)} names, but the labels in {man.path} run "
+                            f"0..{k - 1} ({k} classes): it needs one name per line, line i naming label i")
+    return names
+
+
+def protocol(man: Manifest, cfg: Config) -> tuple[str, list[str], tuple, dict[int, int] | None]:
+    """(metric prefix, class names, templates, label -> column or None for identity) for a labelled
+    manifest under ``eval.val_kind``."""
     ev = cfg.eval
-    if ev.builtin:
-        res = zero_shot_accuracy(clip, BuiltinEval(transform, ev.max_images), BuiltinZeroShot.classnames,
-                                 BuiltinZeroShot.templates, device, ev.batch_size, ev.num_workers, ctx)
-        out.update({f"builtin/{k}": v for k, v in res.items()})
-    if ev.val_manifest:
-        ds = ImageNetVal(ev.val_manifest, ev.val_root, transform, ev.max_images)
-        templates = OPENAI_IMAGENET_TEMPLATES[: ev.imagenet_templates]
-        res = zero_shot_accuracy(clip, ds, IMAGENET_CLASSNAMES, templates, device, ev.batch_size,
-                                 ev.num_workers, ctx)
-        res["bad_lines"] = len(ds.bad_lines)
-        out.update({f"imagenet/{k}": v for k, v in res.items()})
-    return out
+    kind = ev.val_kind
+    if kind == "auto":
+        kind = "imagenet" if not ev.classnames and looks_like_imagenet(man) else "generic"
+    templates = load_templates(ev.templates or "openai-imagenet-80", ev.imagenet_templates)
+    if kind == "imagenet":
+        for r in [r for r in man.records if r["label"] >= len(IMAGENET_CLASSNAMES)]:
+            man.bad.append(f"{man.path}:{r['_line']}: label {r['label']} outside [0, 1000)")
+        man.records = [r for r in man.records if r["label"] < len(IMAGENET_CLASSNAMES)]
+        return "imagenet", list(IMAGENET_CLASSNAMES), templates, None
+    if ev.classnames:
+        return "val", names_from_file(man, ev.classnames), templates, None
+    names, columns = names_from_manifest(man)
+    return "val", names, templates, columns
+
+
+# ------------------------------------------------------------------------------------------ the runs
+def zeroshot_manifest(clip, cfg: Config, device) -> tuple[str, dict[str, float]]:
+    """Zero-shot on ``eval.val_manifest`` / ``eval.val_root`` -> (prefix, metrics)."""
+    ev = cfg.eval
+    man = read_labelled(ev.val_manifest)
+    root = check_root(ev.val_root, str(ev.val_manifest))
+    if not man.records:
+        raise EvalDataError(f"{man.path}: no usable line ({len(man.bad)} bad, e.g. {man.bad[:1]})")
+    prefix, names, templates, columns = protocol(man, cfg)
+    recs = man.records[: ev.max_images] if ev.max_images else man.records
+    labels = [columns[r["label"]] if columns else r["label"] for r in recs]
+    size = cfg.model.vision.image_size
+    images = EvalImages(FileImages(root, [r["filename"] for r in recs], size), len(recs), eval_transform(size))
+    res = classify(clip, images, labels, names, templates, device, ev.batch_size,
+                   ev.num_workers, cfg.model.text.context_length, str(man.path))
+    res["bad_lines"] = len(man.bad)
+    return prefix, res
+
+
+def zeroshot_builtin(clip, cfg: Config, device) -> dict[str, float]:
+    """The built-in held-out task: the shape of 500 generated scenes, 10 balanced classes."""
+    from .builtin_sets import ShapeImages, shape_label
+
+    ev, task = cfg.eval, BuiltinZeroShot()
+    n = min(len(task), ev.max_images) if ev.max_images else len(task)
+    images = EvalImages(ShapeImages(task.seed), n, eval_transform(cfg.model.vision.image_size))
+    return classify(clip, images, [shape_label(i) for i in range(n)], task.classnames, task.templates, device,
+                    ev.batch_size, ev.num_workers, cfg.model.text.context_length, "built-in zero-shot")
+

@@ -26,8 +26,9 @@ from ..data.loader import PairDataset, build_train_loader
 from ..data.sources import build_source
 from ..device import resolve_device
 from ..errors import CheckpointError, DataError
-from ..eval.zeroshot import run_zero_shot
+from ..eval.zeroshot import TEMPLATE_SETS
 from ..methods import build_method
+from ..metric_names import producible_metrics
 from .accel import autocast, effective_precision, prepare_method, scaled_step, wrap_ddp
 from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_best, save_checkpoint, set_rng_state
 from .health import NonFiniteGuard, SkipRateGuard, nonfinite_weights
@@ -62,12 +63,13 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 def check_eval_paths(cfg: Config) -> None:
     """Evaluation files must exist before training starts, not be found missing after hours of it."""
+    named_templates = cfg.eval.templates in TEMPLATE_SETS
     for name, value in vars(cfg.eval).items():
-        if isinstance(value, str) and value and name.endswith(("_manifest", "_root")):
+        is_file = name.endswith("_manifest") or name == "classnames" or (name == "templates" and not named_templates)
+        if isinstance(value, str) and value and (is_file or name.endswith("_root")):
             path = Path(value)
-            ok = path.is_dir() if name.endswith("_root") else path.is_file()
-            if not ok:
-                raise DataError(f"eval.{name}: {'folder' if name.endswith('_root') else 'file'} not found: {path}")
+            if not (path.is_file() if is_file else path.is_dir()):
+                raise DataError(f"eval.{name}: {'file' if is_file else 'folder'} not found: {path}")
 
 
 class Trainer:
@@ -134,9 +136,9 @@ class Trainer:
             log.info("optim.lr_scaling=%s: peak lr %.3g (optim.lr %.3g for a global batch of %d, scaled by %.3g)",
                      cfg.optim.lr_scaling, cfg.optim.lr * self.lr_scale, cfg.optim.lr, cfg.optim.base_batch,
                      self.lr_scale)
-        if not (cfg.eval.builtin or cfg.eval.val_manifest):
-            log.warning("no evaluation task (eval.builtin=false, no eval.val_manifest): nothing will be "
-                        "evaluated and no best.pt written")
+        if not producible_metrics(cfg.eval):
+            log.warning("no evaluation task (eval.builtin=false and no eval.val_manifest, retrieval_manifest or "
+                        "probe_*_manifest): nothing will be evaluated and no best.pt written")
 
     # ------------------------------------------------------------------------------------------ state
     def _restore(self, path: Path, state: dict, changes: list[str]) -> None:
@@ -193,25 +195,31 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- eval
     def evaluate(self) -> dict[str, float]:
+        from ..eval.suite import EvalDataError, best_metric, headline, run_evaluation
+
         results, improved = {}, False
         if self.info.is_main:  # rank 0 alone, on the unwrapped towers: no DDP collective inside
+            picked = None
             bad = nonfinite_weights(self.method.clip.state_dict())
-            if bad:
-                log.warning("skipping evaluation at step %d: non-finite weights in %s", self.step, bad[:3])
-            else:
-                results = run_zero_shot(self.method.clip, self.cfg, self.device)
-                self.writer.write(self.step, results, kind="eval")
-                shown = {k: round(v, 2) for k, v in results.items() if k.endswith(("top1", "top5", "chance"))}
-                log.info("zero-shot @ step %d: %s", self.step, shown)
-            top1 = results.get("imagenet/top1", results.get("builtin/top1"))
-            improved = top1 is not None and top1 > self.best
+            try:  # bad eval inputs are logged, not raised: they must not cost the run or its final checkpoint
+                if bad:
+                    log.warning("skipping evaluation at step %d: non-finite weights in %s", self.step, bad[:3])
+                else:
+                    results = run_evaluation(self.method.clip, self.cfg, self.device)
+                if results:
+                    self.writer.write(self.step, results, kind="eval")
+                    log.info("eval @ step %d: %s", self.step, headline(results))
+                    picked = best_metric(results, self.cfg)  # (name, value) by eval.best_metric
+            except EvalDataError as e:
+                log.error("evaluation @ step %d failed: %s", self.step, e)
+            improved = picked is not None and picked[1] > self.best
             if improved:
-                self.best, self.best_step = top1, self.step
+                self.best, self.best_step = picked[1], self.step
         flag = torch.tensor([float(self.info.is_main and improved)], device=self.device)
         if dist.all_reduce_sum(flag).item() > 0:  # every rank joins the payload's RNG gather
             payload = self._payload()
             if self.info.is_main:
-                log.info("best zero-shot top-1 so far (%.2f%%): %s", self.best, save_best(self.out, payload))
+                log.info("best %s so far (%.2f): %s", picked[0], self.best, save_best(self.out, payload))
         dist.barrier()
         return results
 

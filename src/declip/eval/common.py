@@ -1,0 +1,181 @@
+"""What every evaluation task shares: reading a JSON-lines manifest without dying on a bad line, decoding images
+exactly as training does, and turning images / texts into L2-normalised features with the towers in eval mode.
+
+Why one reader and one decoder: a number is only comparable across runs and tasks if the same file gives the
+same pixels everywhere. Images go through :func:`declip.data.decode.load_image` (transparency over white,
+16-bit scaled, CMYK converted, missing/corrupt files raised as :class:`BadSample`) and then the eval
+transform (resize + centre crop); an unusable image is counted under its skip reason, never fatal.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from ..data.decode import load_image
+from ..data.errors import BadSample
+from ..data.tokenizer import tokenize
+from ..errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+class EvalDataError(DataError, ValueError):
+    """The evaluation inputs cannot give a meaningful number (a missing manifest, class names that do not
+    match the labels, no readable image at all). The message says which file and why."""
+
+
+@dataclass
+class Manifest:
+    """Parsed lines of a JSON-lines manifest: ``records`` (dicts, each with its ``_line`` number) and
+    ``bad`` (one "FILE:LINE: why" per unusable line)."""
+
+    path: Path
+    records: list[dict] = field(default_factory=list)
+    bad: list[str] = field(default_factory=list)
+
+
+def read_manifest(path: str | Path, check: Callable[[dict], None]) -> Manifest:
+    """Every line parsed; ``check(record)`` raises ValueError/KeyError/TypeError for a line to count as bad.
+    Blank lines are skipped silently (a trailing newline is not an error)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvalDataError(f"manifest not found: {path}")
+    out = Manifest(path)
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict):
+                    raise TypeError(f"expected a JSON object, got {type(rec).__name__}")
+                if not isinstance(rec.get("filename"), str) or not rec["filename"]:
+                    raise KeyError("'filename' (a non-empty string) is missing")
+                check(rec)
+            except (ValueError, KeyError, TypeError) as e:
+                out.bad.append(f"{path}:{lineno}: {e}")
+                continue
+            rec["_line"] = lineno
+            out.records.append(rec)
+    if out.bad:
+        log.warning("%s: %d unusable line(s), e.g. %s", path, len(out.bad), out.bad[0])
+    return out
+
+
+def check_root(root: str | Path, what: str) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise EvalDataError(f"{what}: image folder not found: {root}")
+    return root
+
+
+class FileImages:
+    """Picklable ``load(i)`` over image files (DataLoader workers get a copy): the training decoder, JPEGs
+    decoded at reduced scale when more than twice the model input (the centre crop still has full detail)."""
+
+    def __init__(self, root: str | Path, names: list[str], image_size: int):
+        self.root, self.names, self.image_size = Path(root), list(names), image_size
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __call__(self, i: int):
+        return load_image(self.root / self.names[i], self.image_size)
+
+
+class EvalImages(Dataset):
+    """``load(i) -> PIL image`` + the eval transform. Item: (tensor, i) or (None, i, reason, detail)."""
+
+    def __init__(self, load: Callable[[int], object], n: int, transform):
+        self.load, self.n, self.transform = load, n, transform
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        try:
+            return self.transform(self.load(i)), i
+        except BadSample as e:
+            return None, i, e.reason, e.detail
+
+
+def _collate(items):
+    ok = [it for it in items if it[0] is not None]
+    bad = [it[1:] for it in items if it[0] is None]
+    images = torch.stack([it[0] for it in ok]) if ok else None
+    return images, torch.tensor([it[1] for it in ok], dtype=torch.long), bad
+
+
+@dataclass
+class Features:
+    """Normalised features of the readable items: ``feats[j]`` belongs to item ``index[j]``."""
+
+    feats: torch.Tensor
+    index: torch.Tensor
+    skips: Counter
+    examples: list[str]
+
+    @property
+    def unreadable(self) -> int:
+        return sum(self.skips.values())
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Eval mode (BatchNorm running stats, no dropout) and no autograd, restoring the caller's mode after:
+    the trainer evaluates mid-run and must get its training-mode model back."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def image_features(clip, images: EvalImages, device, batch_size: int = 128, num_workers: int = 0,
+                   what: str = "images") -> Features:
+    """Encode every readable image; unreadable ones are counted by skip reason (first examples logged)."""
+    loader = DataLoader(images, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
+    feats, index, skips, examples = [], [], Counter(), []
+    with eval_mode(clip):
+        for batch, idx, bad in loader:
+            for _, reason, detail in bad:
+                skips[reason] += 1
+                if len(examples) < 3:
+                    examples.append(f"{reason}: {detail}")
+            if batch is not None:
+                feats.append(F.normalize(clip.encode_image(batch.to(device)).float(), dim=-1).cpu())
+                index.append(idx)
+    if skips:
+        log.warning("%s: %d unreadable image(s) %s, e.g. %s", what, sum(skips.values()), dict(skips), examples[0])
+    if not feats:
+        raise EvalDataError(f"{what}: no readable image ({dict(skips)}; e.g. {examples[:1]})")
+    return Features(torch.cat(feats), torch.cat(index), skips, examples)
+
+
+def text_features(clip, texts: list[str], device, batch_size: int = 256, context_length: int = 77) -> torch.Tensor:
+    """[len(texts), D] L2-normalised text features (CPU, float32)."""
+    out = []
+    with eval_mode(clip):
+        for s in range(0, len(texts), batch_size):
+            ids = tokenize(texts[s:s + batch_size], context_length).to(device)
+            out.append(F.normalize(clip.encode_text(ids).float(), dim=-1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def counts(feats: Features, bad_lines: int) -> dict[str, float]:
+    """The bookkeeping every task reports: readable images, unreadable ones (total and by skip reason) and
+    unusable manifest lines."""
+    out = {"images": int(feats.index.numel()), "unreadable": feats.unreadable, "bad_lines": bad_lines}
+    out.update({f"skip_{reason}": n for reason, n in sorted(feats.skips.items())})
+    return out
