@@ -18,7 +18,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..config import Config, dump_config
-from ..data.loader import PairDataset, build_train_loader
+from ..data.device_augment import build_device_stage
+from ..data.loader import DevicePrefetcher, PairDataset, build_train_loader
 from ..data.errors import SKIP_REASONS
 from ..data.sources import build_source
 from ..eval.zeroshot import run_zero_shot
@@ -93,6 +94,7 @@ class Trainer:
         spec = self.method.data_spec(cfg)
         source = build_source(cfg.data, image_size=cfg.model.vision.image_size)
         dataset = PairDataset(source, spec, cfg.model.vision.image_size, cfg.train.seed)
+        self.device_stage = build_device_stage(spec, cfg.model.vision.image_size)  # uint8 -> augmented, normalised
         self.loader = build_train_loader(
             dataset, cfg.train.batch_size, cfg.data.num_workers, self.info.rank, self.info.world_size,
             cfg.train.seed, start=self.consumed, pin_memory=cfg.data.pin_memory and device_type == "cuda")
@@ -194,7 +196,7 @@ class Trainer:
             from tqdm import tqdm
 
             progress = tqdm(total=tr.steps, initial=self.step, desc="train", dynamic_ncols=True, mininterval=2)
-        it = iter(self.loader)
+        it = DevicePrefetcher(iter(self.loader), self.device)  # copies batch i+1 while step i runs (CUDA)
         if self._rng_to_restore is not None:  # after iter(): creating it draws from the global generator
             set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
@@ -215,7 +217,7 @@ class Trainer:
                 self.consumed += tr.batch_size  # per micro-batch: a skip may break out after the first
                 wait += time.perf_counter() - tw
                 self._check_skips(batch)
-                batch = to_device(batch, self.device)
+                batch = self.device_stage(to_device(batch, self.device))
                 sync = nullcontext() if micro == tr.grad_accum - 1 or not isinstance(self.model, DDP) \
                     else self.model.no_sync()
                 with sync:
