@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 from PIL import Image, ImageFilter
 from torchvision.transforms import v2
@@ -144,20 +145,25 @@ class ViewAugment:
     def draw(self) -> torch.Tensor:
         """One view's parameters [N_PARAMS] from torch's global generator: always the same 13 draws, so the
         stream position never depends on the outcomes."""
-        u = torch.rand(N_PARAMS).tolist()
-        p = torch.zeros(N_PARAMS)
+        u = torch.rand(N_PARAMS, dtype=torch.float64).tolist()
+        p = [0.0] * N_PARAMS
         p[P_FLIP] = float(u[0] < self.p_flip)
         p[P_JITTER] = float(u[1] < self.p_jitter)
         for col, strength in ((P_BRIGHTNESS, self.brightness), (P_CONTRAST, self.contrast),
                               (P_SATURATION, self.saturation)):
-            lo = max(0.0, 1.0 - strength)
+            lo = max(0.0, 1.0 - strength)  # torchvision's range: [max(0, 1 - s), 1 + s]
             p[col] = lo + (1.0 + strength - lo) * u[col]
         p[P_HUE] = self.hue * (2.0 * u[P_HUE] - 1.0)
-        p[P_ORDER] = torch.tensor(u[6:10]).argsort().float()  # a uniformly random permutation of 0..3
+        p[P_ORDER] = [float(i) for i in sorted(range(4), key=lambda i: u[6 + i])]  # a uniform random permutation
         p[P_GRAY] = float(u[10] < self.p_gray)
         p[P_BLUR] = float(u[11] < self.p_blur)
         p[P_SIGMA] = self.sigma[0] + (self.sigma[1] - self.sigma[0]) * u[12]
-        return p
+        return torch.tensor(p, dtype=torch.float32)
+
+
+def pil_to_uint8(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> uint8 [3, H, W] (a channels-last view of one copy of the pixels)."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)
 
 
 class CropViews:
@@ -173,16 +179,20 @@ class CropViews:
         self.augment = augment.for_size(size) if augment is not None else None
 
     def __call__(self, image: Image.Image) -> dict:
+        pixels = pil_to_uint8(image)  # once per image; crops are slices of it
         views, params = [], []
         for _ in range(self.n):
-            box = self.crop.make_params([image])  # top, left, height, width
-            view = F.resized_crop(image, **box, size=[self.size, self.size], antialias=True)
+            box = self.crop.make_params([image])  # top, left, height, width: the reference's draws
+            top, left = box["top"], box["left"]
+            crop = pixels[None, :, top:top + box["height"], left:left + box["width"]]
+            # torch's uint8 antialiased bilinear resize (the reference's PIL resize to within 1/255, ~3x faster)
+            view = F.resize(crop, [self.size, self.size], antialias=True)[0]
             if self.augment is not None:
                 p = self.augment.draw()
                 if p[P_FLIP] > 0:
-                    view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+                    view = view.flip(-1)
                 params.append(p)
-            views.append(F.pil_to_tensor(view))
+            views.append(view)
         out = {"images": torch.stack(views)}
         if self.augment is not None:
             out["aug_params"] = torch.stack(params)
