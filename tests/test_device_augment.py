@@ -267,3 +267,16 @@ def test_prefetcher_and_stage_on_cuda_match_the_cpu():
     for a, b in zip(cpu, gpu):
         assert b["images"].is_cuda and not b["skips"].is_cuda
         assert (a["images"] - b["images"].cpu()).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("method,augment", [("declip", True), ("clip", False)])
+def test_trainer_builds_the_stage_from_the_method_spec(tiny_cfg, method, augment):
+    from declip.train.trainer import Trainer
+
+    trainer = Trainer(tiny_cfg(f"method.name={method}", "train.device=cpu"))
+    try:
+        assert trainer.device_stage.augment is augment and trainer.device_stage.kernel == blur_kernel_size(32)
+        batch = next(iter(trainer.loader))
+        assert batch["images"].dtype == torch.uint8 and ("aug_params" in batch) is augment
+    finally:
+        trainer.close()
