@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .device_augment import augment_plan
 from .errors import SKIP_REASONS, BadSample
 from .text import TextPipeline, TextSpec
-from .device_augment import augment_plan
 from .views import build_train_views
 
 MAX_ATTEMPTS = 16
