@@ -97,7 +97,9 @@ class PairDataset(Dataset):
                 continue
             rng = random.Random(seed + attempt)
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed + attempt)
+                # the CPU generator only: torch.manual_seed would also (lazily) reseed CUDA, which fork_rng does not
+                # restore, and costs ~1 ms per sample in a worker (it records a traceback for the lazy call)
+                torch.default_generator.manual_seed(seed + attempt)
                 views = self.views(image)  # crops and the device stage's parameters, all from this seed
             if torch.is_tensor(views):
                 views = {"images": views}
