@@ -209,6 +209,9 @@ Reading: the worker now decodes, crops twice (torch's uint8 antialiased resize, 
 resize) and runs the text pipeline; the colour jitter (hue above all), blur and float conversion that dominated
 the old per-view cost moved to the device stage. On a CPU-only run the device stage still costs CPU time
 (the table above), so the split pays off where a GPU trains; on the CPU it is one code path, not a speed-up.
+What is left in the worker is decode, two resizes and the text work (BPE + EDA + MLM), each about a third.
+Both rows include the per-sample seeding change of this revision (the CPU generator only: torch.manual_seed
+also queued a lazy CUDA reseed, recording a traceback, ~1 ms per sample), so the ratio is the view split alone.
 
 GPU check (scripts/gpu_check.sh: loader-fed ViT-B/32 DeCLIP bf16 on >= 5,000 generated 500x375 JPEGs, all host
 cores as workers, vs synthetic batches at the same batch size; target >= 90%): **not run yet** — no GPU was
