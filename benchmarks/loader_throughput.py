@@ -208,7 +208,8 @@ Single-threaded cost of the worker stage's parts (mean ms per call):
 Reading: the worker now decodes, crops twice (torch's uint8 antialiased resize, within 1/255 of the old PIL
 resize) and runs the text pipeline; the colour jitter (hue above all), blur and float conversion that dominated
 the old per-view cost moved to the device stage. On a CPU-only run the device stage still costs CPU time
-(the table above), so the split pays off where a GPU trains; on the CPU it is one code path, not a speed-up.
+(the table above; batched float ops, less than the old per-view PIL work, but in the training process instead
+of spread over the workers), so the split pays off where a GPU trains; on the CPU it is one code path.
 What is left in the worker is decode, two resizes and the text work (BPE + EDA + MLM), each about a third.
 Both rows include the per-sample seeding change of this revision (the CPU generator only: torch.manual_seed
 also queued a lazy CUDA reseed, recording a traceback, ~1 ms per sample), so the ratio is the view split alone.
