@@ -266,7 +266,8 @@ def test_prefetcher_and_stage_on_cuda_match_the_cpu():
                                                                                   pin_memory=True), "cuda"))]
     for a, b in zip(cpu, gpu):
         assert b["images"].is_cuda and not b["skips"].is_cuda
-        assert (a["images"] - b["images"].cpu()).abs().max() < 1e-4
+        # within 1/255 per pixel: cuDNN may run the blur's convolution in TF32 (~5e-4 relative)
+        assert ((a["images"] - b["images"].cpu()) * STD).abs().max() <= 1 / 255
 
 
 @pytest.mark.parametrize("method,augment", [("declip", True), ("clip", False)])

@@ -93,7 +93,8 @@ def eval_transform(size: int) -> v2.Compose:
 def eval_transform_uint8(size: int) -> v2.Compose:
     """The CPU half of evaluation: Resize(256) + CenterCrop(224) scaled to ``size``, as uint8 [3, H, W].
     Normalise the batch on the device with :func:`declip.data.device_augment.normalize_on_device`."""
-    return v2.Compose([v2.Resize(round(size * 256 / 224), antialias=True), v2.CenterCrop(size), v2.ToImage()])
+    return v2.Compose([v2.Resize(round(size * 256 / 224), antialias=True), v2.CenterCrop(size), v2.ToImage(),
+                       v2.ToPureTensor()])
 
 
 class MultiView:
