@@ -281,3 +281,21 @@ def test_trainer_builds_the_stage_from_the_method_spec(tiny_cfg, method, augment
         assert batch["images"].dtype == torch.uint8 and ("aug_params" in batch) is augment
     finally:
         trainer.close()
+
+
+def test_gpu_step_check_loader_fed_smoke_on_cpu():
+    """The loader-fed GPU check (scripts/gpu_check.sh) end to end with tiny settings: generated JPEGs ->
+    workers -> prefetcher -> device stage -> DeCLIP steps."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_step_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_step_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(["--device", "cpu", "--preset", "tiny-vit", "--batch-size", "2", "--steps", "1",
+                          "--warmup", "0", "--image-size", "32", "--precision", "fp32", "--data", "manifest",
+                          "--images", "6", "--num-workers", "0", "method.queue_size=64",
+                          "method.simsiam_proj_dim=32", "method.simsiam_pred_dim=16", "model.text.context_length=16"])
+    assert result["data"] == "manifest" and result["losses_finite"] and result["fps"] > 0
+    assert not Path(result["manifest"]).exists()  # the generated JPEGs are removed
