@@ -1,19 +1,97 @@
 #!/usr/bin/env bash
-# GPU check for a session that has one CUDA device: a few real ViT-B/32 DeCLIP steps at batch 128, in bf16
-# (the fast path) and in fp16 with the gradient scaler, printing step time, FPS and peak memory for each, plus
-# one 2-step CPU smoke run first so a broken install fails in seconds, not after the GPU warm-up.
-# Writes benchmarks/results/gpu_step_check_{bf16,fp16}.json (or $OUT_DIR/...). About 2 minutes on an H100.
+# GPU check for a session that has one CUDA device, self-contained (no network needed):
+#  1. CPU smoke runs of the step benchmark, synthetic and loader-fed, so a broken install fails in seconds;
+#  2. real ViT-B/32 DeCLIP steps at batch 128 on synthetic batches, in bf16 (the fast path) and in fp16 with the
+#     gradient scaler: step time, FPS, peak memory;
+#  3. the loader-fed check (issue 9): the same bf16 run fed by the real input pipeline (all host cores as loader
+#     workers, uint8 crops, augmentation on the GPU) on a generated manifest of $IMAGES 500x375 JPEGs; prints the
+#     synthetic and loader-fed FPS and their ratio (target >= 0.90).
+# Writes benchmarks/results/gpu_step_check_{bf16,fp16}.json, gpu_loader_check_bf16.json and gpu_loader_check.md
+# (or under $OUT_DIR). A few minutes on an H100/H200, most of it generating the JPEGs.
 #   scripts/gpu_check.sh [extra gpu_step_check.py flags, e.g. --compile]
+# Python packages the GPU machine may lack (open_clip_torch, ftfy, wcwidth, webdataset, braceexpand) are installed
+# from wheels in $REPO/.whl when that folder exists; fill it beforehand on a machine with network access:
+#   pip download --no-deps -d .whl open_clip_torch ftfy wcwidth webdataset braceexpand   (and carry .whl along)
+# Tiny settings for a CPU dry run of the whole script: DEVICE=cpu QUICK=1 scripts/gpu_check.sh
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON=${PYTHON:-$([ -x "$REPO/.venv/bin/python" ] && echo "$REPO/.venv/bin/python" || echo python3)}
 OUT_DIR=${OUT_DIR:-$REPO/benchmarks/results}
+DEVICE=${DEVICE:-cuda}
+IMAGES=${IMAGES:-5000}
+BATCH=${BATCH:-128}
+STEPS=${STEPS:-20}
+LOADER_STEPS=${LOADER_STEPS:-100}
 mkdir -p "$OUT_DIR"
 cd "$REPO"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
-"$PYTHON" benchmarks/gpu_step_check.py --device cpu --preset tiny-vit --batch-size 4 --steps 1 --warmup 1 \
-  --image-size 32 --precision fp32 method.queue_size=64 method.simsiam_proj_dim=32 > /dev/null
-for precision in bf16 fp16; do
-  "$PYTHON" benchmarks/gpu_step_check.py --precision "$precision" --batch-size 128 --steps 20 --warmup 5 \
-    --json "$OUT_DIR/gpu_step_check_${precision}.json" "$@" | tail -n 1
+export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
+
+missing=$("$PYTHON" - <<'EOF'
+import importlib.util
+print(" ".join(p for m, p in [("open_clip", "open_clip_torch"), ("ftfy", "ftfy"), ("wcwidth", "wcwidth"),
+                              ("webdataset", "webdataset"), ("braceexpand", "braceexpand")]
+               if importlib.util.find_spec(m) is None))
+EOF
+)
+if [ -n "$missing" ]; then
+  if [ -d "$REPO/.whl" ]; then
+    echo "installing from $REPO/.whl: $missing"
+    # shellcheck disable=SC2086
+    "$PYTHON" -m pip install -q --no-index --no-deps --find-links "$REPO/.whl" $missing
+  else
+    echo "missing Python packages: $missing (and no $REPO/.whl to install them from; see the header)" >&2
+    exit 2
+  fi
+fi
+
+TINY=(--preset tiny-vit --batch-size 4 --image-size 32 --precision fp32 method.queue_size=64
+      method.simsiam_proj_dim=32 method.simsiam_pred_dim=16)
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
+"$PYTHON" benchmarks/gpu_step_check.py --device cpu "${TINY[@]}" --steps 1 --warmup 1 > /dev/null
+"$PYTHON" benchmarks/gpu_step_check.py --device cpu "${TINY[@]}" --steps 1 --warmup 1 --data manifest \
+  --images 16 --num-workers 2 > /dev/null
+echo "CPU smoke runs passed"
+if [ "$DEVICE" = cuda ] && "$PYTHON" -c "import pytest" 2>/dev/null; then  # the device stage on CUDA == on the CPU
+  "$PYTHON" -m pytest -p no:cacheprovider -q tests/test_device_augment.py -k cuda
+fi
+
+if [ "${QUICK:-0}" = 1 ]; then  # a dry run of the GPU part's plumbing with tiny settings
+  MODEL=("${TINY[@]}"); IMAGES=64; STEPS=2; LOADER_STEPS=4; PRECISIONS=(fp32)
+else
+  MODEL=(--batch-size "$BATCH"); PRECISIONS=(bf16 fp16)
+fi
+for precision in "${PRECISIONS[@]}"; do
+  "$PYTHON" benchmarks/gpu_step_check.py --device "$DEVICE" "${MODEL[@]}" --precision "$precision" \
+    --steps "$STEPS" --warmup 5 --json "$OUT_DIR/gpu_step_check_${precision}.json" "$@" | tail -n 1
 done
+
+# loader-fed vs synthetic, same model, precision and batch; synthetic measured again right before, same settings
+P=${PRECISIONS[0]}
+"$PYTHON" benchmarks/gpu_step_check.py --device "$DEVICE" "${MODEL[@]}" --precision "$P" --steps "$LOADER_STEPS" \
+  --warmup 5 --json "$OUT_DIR/gpu_loader_check_synthetic_${P}.json" "$@" | tail -n 1
+"$PYTHON" benchmarks/gpu_step_check.py --device "$DEVICE" "${MODEL[@]}" --precision "$P" --steps "$LOADER_STEPS" \
+  --warmup 5 --data manifest --images "$IMAGES" --num-workers -1 \
+  --json "$OUT_DIR/gpu_loader_check_${P}.json" "$@" | tail -n 1
+"$PYTHON" - "$OUT_DIR/gpu_loader_check_synthetic_${P}.json" "$OUT_DIR/gpu_loader_check_${P}.json" \
+  "$OUT_DIR/gpu_loader_check.md" "$IMAGES" <<'EOF'
+import json, os, sys
+syn, fed = (json.load(open(p)) for p in sys.argv[1:3])
+ratio = fed["fps"] / syn["fps"]
+verdict = "PASS" if ratio >= 0.90 else "FAIL"
+text = f"""# Loader-fed vs synthetic-batch FPS (scripts/gpu_check.sh)
+
+Device: {syn['device']}, torch {syn['torch']}, {os.cpu_count()} host cores; {syn['preset']} DeCLIP, {syn['precision']},
+batch {syn['batch_size']}, {fed['timed_steps']} timed steps each (loader-fed after {fed['warmup_steps']} warm-up steps).
+Loader-fed: {fed['num_workers']} workers on {sys.argv[4]} generated 500x375 JPEGs (uint8 crops on the CPU, augmentation
+and normalisation on the device, next batch copied during the step).
+
+| run | FPS (images/s) | step (ms, mean) | data wait |
+|---|---|---|---|
+| synthetic batch | {syn['fps']:.1f} | {1000 * syn['step_time_s']['mean']:.1f} | - |
+| loader-fed | {fed['fps']:.1f} | {1000 * fed['step_time_s']['mean']:.1f} | {100 * fed['data_wait']:.0f}% |
+
+Ratio loader-fed / synthetic: {ratio:.3f} (target >= 0.90): {verdict}
+"""
+open(sys.argv[3], "w").write(text)
+print(text)
+EOF

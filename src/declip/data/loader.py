@@ -1,7 +1,12 @@
-"""Training batches: sampler -> per-sample views and text views -> collated dict of tensors.
+"""Training batches: sampler -> per-sample views and text views -> collated dict of tensors -> the device.
+
+Images leave the workers as uint8 crops (``images`` [B, V, 3, H, W]) plus the random parameters of the per-pixel
+augmentations (``aug_params``, and the collate function's ``aug_index``/``aug_counts``); the training device
+finishes them (:mod:`declip.data.device_augment`). :class:`DevicePrefetcher` copies the next batch from pinned
+memory while the current step runs.
 
 Reproducibility is per sample, not per worker: sample ``i`` of epoch ``e`` draws all its randomness
-(crops, colour jitter, EDA, masking) from a seed that depends only on (seed, e, i). A run therefore gives
+(crops, colour jitter parameters, EDA, masking) from a seed that depends only on (seed, e, i). A run therefore gives
 the same batches whatever the worker count, and a resumed run continues with exactly the batches the
 uninterrupted run would have seen; the stream position is just the number of samples consumed.
 """
@@ -14,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import DataQualityError
+from .device_augment import augment_plan
 from .errors import SKIP_REASONS, BadSample
 from .seeding import epoch_seed, item_seed
 from .source_base import Source
@@ -65,9 +71,13 @@ class ResumableSampler(Sampler):
 
 
 class PairDataset(Dataset):
-    def __init__(self, source: Source, spec: DataSpec, image_size: int, seed: int = 0):
+    """Sample ``(epoch, index)`` -> ``images`` (uint8 crops), ``aug_params`` (mocov2), text views, ``index``,
+    ``skips``. ``views`` replaces the image stage: a callable PIL image -> dict of tensors, or -> a tensor of
+    finished views (the reference CPU pipeline, :func:`declip.data.views.build_reference_views`)."""
+
+    def __init__(self, source: Source, spec: DataSpec, image_size: int, seed: int = 0, views=None):
         self.source, self.spec, self.seed = source, spec, seed
-        self.views = build_train_views(spec.augment, image_size, spec.n_views)
+        self.views = views if views is not None else build_train_views(spec.augment, image_size, spec.n_views)
         self.text = TextPipeline(spec.text)
 
     def __len__(self) -> int:
@@ -90,9 +100,13 @@ class PairDataset(Dataset):
                 continue
             rng = random.Random(seed + attempt)
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed + attempt)
-                views = self.views(image)
-            sample = {"images": views, **self.text(caption, rng), "index": torch.tensor(j), "skips": skips}
+                # the CPU generator only: torch.manual_seed would also (lazily) reseed CUDA, which fork_rng does not
+                # restore, and costs ~1 ms per sample in a worker (it records a traceback for the lazy call)
+                torch.default_generator.manual_seed(seed + attempt)
+                views = self.views(image)  # crops and the device stage's parameters, all from this seed
+            if torch.is_tensor(views):
+                views = {"images": views}
+            sample = {**views, **self.text(caption, rng), "index": torch.tensor(j), "skips": skips}
             sample["skip_examples"] = examples
             return sample
         raise DataQualityError(f"{MAX_ATTEMPTS} consecutive unusable samples around index {index}: {examples}; "
@@ -103,6 +117,8 @@ def collate(samples: list[dict]) -> dict:
     batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0] if k not in ("skips", "skip_examples")}
     batch["skips"] = torch.stack([s["skips"] for s in samples]).sum(0)
     batch["skip_examples"] = [e for s in samples for e in s["skip_examples"]][:MAX_EXAMPLES]
+    if "aug_params" in batch:  # which views the device stage's subset ops touch, known here on the CPU
+        batch["aug_index"], batch["aug_counts"] = augment_plan(batch["aug_params"])
     return batch
 
 
@@ -114,3 +130,49 @@ def build_train_loader(dataset: PairDataset, batch_size: int, num_workers: int, 
         drop_last=True, pin_memory=pin_memory, persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
     )
+
+
+class DevicePrefetcher:
+    """Iterate batches already on ``device``: while the caller works on batch i, batch i+1 is copied host ->
+    device (non_blocking, from the loader's pinned memory) on a side CUDA stream. On other devices it just
+    moves each batch when asked (nothing to overlap with on the CPU). Tensors named in ``host_keys`` stay on the
+    host (bookkeeping the trainer reads there); non-tensors pass through."""
+
+    def __init__(self, iterable, device: torch.device | str, host_keys: tuple[str, ...] = ("skips",)):
+        self.it, self.device, self.host_keys = iter(iterable), torch.device(device), host_keys
+        self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self.next_batch, self.host_batch = None, None
+        self.done = False
+
+    def _move(self, batch: dict) -> dict:
+        return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) and k not in self.host_keys else v
+                for k, v in batch.items()}
+
+    def _preload(self) -> None:
+        try:
+            batch = next(self.it)
+        except StopIteration:
+            self.next_batch, self.done = None, True
+            return
+        with torch.cuda.stream(self.stream):
+            self.next_batch = self._move(batch)
+        self.host_batch = batch  # pinned source of the copy in flight: kept alive until the next one starts
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        if self.stream is None:  # CPU (or any non-CUDA device): plain, in order
+            return self._move(next(self.it))
+        if self.next_batch is None and not self.done:
+            self._preload()  # the first batch
+        if self.next_batch is None:
+            raise StopIteration
+        current = torch.cuda.current_stream(self.device)
+        current.wait_stream(self.stream)  # the copy of this batch is complete before anything uses it
+        batch = self.next_batch
+        for v in batch.values():
+            if torch.is_tensor(v) and v.device.type == "cuda":
+                v.record_stream(current)  # allocated on the side stream, used on the current one
+        self._preload()  # start copying the next batch now: it overlaps this step's compute
+        return batch

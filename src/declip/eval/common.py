@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.decode import load_image
+from ..data.device_augment import normalize_on_device
 from ..data.errors import BadSample
 from ..data.tokenizer import tokenize
 from ..errors import DataError
@@ -154,7 +155,9 @@ def image_features(clip, images: EvalImages, device, batch_size: int = 128, num_
                 if len(examples) < 3:
                     examples.append(f"{reason}: {detail}")
             if batch is not None:
-                feats.append(F.normalize(clip.encode_image(batch.to(device)).float(), dim=-1).cpu())
+                # uint8 crops from the CPU are normalised where they run; a finished float batch passes as it is
+                pixels = normalize_on_device(batch, device) if batch.dtype == torch.uint8 else batch.to(device)
+                feats.append(F.normalize(clip.encode_image(pixels).float(), dim=-1).cpu())
                 index.append(idx)
     if skips:
         log.warning("%s: %d unreadable image(s) %s, e.g. %s", what, sum(skips.values()), dict(skips), examples[0])

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Config
-from ..data.views import eval_transform
+from ..data.views import eval_transform_uint8
 from .common import EvalDataError, EvalImages, FileImages, check_root, image_features
 from .zeroshot import read_labelled
 
@@ -130,7 +130,7 @@ def probe_manifest(clip, cfg: Config, device) -> dict[str, float]:
         if not recs:
             raise EvalDataError(f"{man.path}: no usable line ({len(man.bad)} bad, e.g. {man.bad[:1]})")
         folder = check_root(root, str(man.path))
-        images = EvalImages(FileImages(folder, [r["filename"] for r in recs], size), len(recs), eval_transform(size))
+        images = EvalImages(FileImages(folder, [r["filename"] for r in recs], size), len(recs), eval_transform_uint8(size))
         sets.append((images, [r["label"] for r in recs]))
         bad += len(man.bad)
     res = _probe(clip, cfg, device, sets[0], sets[1], "linear probe")
@@ -143,7 +143,7 @@ def probe_builtin(clip, cfg: Config, device) -> dict[str, float]:
     from ..data.builtin import BuiltinZeroShot
     from .builtin_sets import PROBE_TRAIN_SEED, PROBE_TRAIN_SIZE, ShapeImages, shape_label
 
-    ev, transform = cfg.eval, eval_transform(cfg.model.vision.image_size)
+    ev, transform = cfg.eval, eval_transform_uint8(cfg.model.vision.image_size)
     sets = []
     for seed, size in ((PROBE_TRAIN_SEED, PROBE_TRAIN_SIZE), (BuiltinZeroShot().seed, len(BuiltinZeroShot()))):
         n = min(size, ev.max_images) if ev.max_images else size

@@ -17,7 +17,7 @@ import torch
 from ..config import Config
 from ..data.decode import check_caption
 from ..data.errors import BadSample
-from ..data.views import eval_transform
+from ..data.views import eval_transform_uint8
 from .common import (EvalDataError, EvalImages, FileImages, check_root, counts, image_features, read_manifest,
                      text_features)
 
@@ -92,7 +92,7 @@ def retrieval_manifest(clip, cfg: Config, device) -> dict[str, float]:
         raise EvalDataError(f"{man.path}: no image with a usable caption ({len(man.bad)} bad lines, "
                             f"skipped captions {skipped})")
     size = cfg.model.vision.image_size
-    images = EvalImages(FileImages(root, names, size), len(names), eval_transform(size))
+    images = EvalImages(FileImages(root, names, size), len(names), eval_transform_uint8(size))
     res = retrieve(clip, images, captions, device, ev.batch_size, ev.num_workers,
                    cfg.model.text.context_length, str(man.path))
     res.update(bad_lines=len(man.bad), skipped_captions=sum(skipped.values()))
@@ -106,6 +106,6 @@ def retrieval_builtin(clip, cfg: Config, device) -> dict[str, float]:
     ev = cfg.eval
     n = min(RETRIEVAL_SIZE, ev.max_images) if ev.max_images else RETRIEVAL_SIZE
     captions = [retrieval_item(i)[1] for i in range(n)]
-    images = EvalImages(RetrievalImages(), n, eval_transform(cfg.model.vision.image_size))
+    images = EvalImages(RetrievalImages(), n, eval_transform_uint8(cfg.model.vision.image_size))
     return retrieve(clip, images, captions, device, ev.batch_size, ev.num_workers,
                     cfg.model.text.context_length, "built-in retrieval")

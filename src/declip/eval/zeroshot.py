@@ -30,7 +30,7 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TE
 from ..config import Config
 from ..data.builtin import BuiltinZeroShot
 from ..data.tokenizer import tokenize
-from ..data.views import eval_transform
+from ..data.views import eval_transform_uint8
 from .common import (EvalDataError, EvalImages, FileImages, Manifest, check_root, counts, eval_mode,
                      image_features, read_manifest)
 
@@ -171,7 +171,7 @@ def zeroshot_manifest(clip, cfg: Config, device) -> tuple[str, dict[str, float]]
     recs = man.records[: ev.max_images] if ev.max_images else man.records
     labels = [columns[r["label"]] if columns else r["label"] for r in recs]
     size = cfg.model.vision.image_size
-    images = EvalImages(FileImages(root, [r["filename"] for r in recs], size), len(recs), eval_transform(size))
+    images = EvalImages(FileImages(root, [r["filename"] for r in recs], size), len(recs), eval_transform_uint8(size))
     res = classify(clip, images, labels, names, templates, device, ev.batch_size,
                    ev.num_workers, cfg.model.text.context_length, str(man.path))
     res["bad_lines"] = len(man.bad)
@@ -184,7 +184,7 @@ def zeroshot_builtin(clip, cfg: Config, device) -> dict[str, float]:
 
     ev, task = cfg.eval, BuiltinZeroShot()
     n = min(len(task), ev.max_images) if ev.max_images else len(task)
-    images = EvalImages(ShapeImages(task.seed), n, eval_transform(cfg.model.vision.image_size))
+    images = EvalImages(ShapeImages(task.seed), n, eval_transform_uint8(cfg.model.vision.image_size))
     return classify(clip, images, [shape_label(i) for i in range(n)], task.classnames, task.templates, device,
                     ev.batch_size, ev.num_workers, cfg.model.text.context_length, "built-in zero-shot")
 

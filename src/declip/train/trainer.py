@@ -9,7 +9,6 @@ checked in ``__init__`` before the model is built.
 from __future__ import annotations
 
 import functools
-import multiprocessing
 import random
 import signal
 import sys
@@ -22,11 +21,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import distributed as dist
 from ..config import Config, dump_config, from_preset
-from ..data.loader import PairDataset, build_train_loader
+from ..data.device_augment import build_device_stage
+from ..data.loader import DevicePrefetcher, PairDataset, build_train_loader
 from ..data.sources import build_source
 from ..device import resolve_device
-from ..errors import CheckpointError, DataError
-from ..eval.zeroshot import TEMPLATE_SETS
+from ..errors import CheckpointError
 from ..methods import build_method
 from ..metric_names import producible_metrics
 from .accel import autocast, effective_precision, prepare_method, scaled_step, wrap_ddp
@@ -34,42 +33,9 @@ from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_best,
 from .health import NonFiniteGuard, SkipRateGuard, nonfinite_weights
 from .metrics import MetricMeter, MetricsWriter, StepClock, log, setup_logging
 from .optim import build_optimizer, lr_at, set_lr
+from .preflight import check_eval_paths
 from .run_dir import check_resume_config, resume_path
-
-
-def ignore_preemption_in_worker(chained, worker_id: int) -> None:
-    """worker_init_fn: data-loader workers ignore SIGTERM/SIGUSR1/SIGINT. Preemption signals (and Ctrl-C) reach
-    the whole process group; a worker that died of one would make the trainer fail with "DataLoader worker is
-    killed by signal" before it can save (or say "interrupted"). The trainer owns the workers' lifetime:
-    :func:`stop_loader_workers`."""
-    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
-    if chained is not None:
-        chained(worker_id)
-
-
-def stop_loader_workers() -> None:
-    """Kill this process's daemon children (the loader workers). They ignore SIGTERM (above), so after a
-    fatal error Python's exit would terminate() them and then wait for them forever."""
-    for proc in multiprocessing.active_children():
-        if proc.daemon:
-            proc.kill()
-            proc.join(timeout=5)
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-
-
-def check_eval_paths(cfg: Config) -> None:
-    """Evaluation files must exist before training starts, not be found missing after hours of it."""
-    named_templates = cfg.eval.templates in TEMPLATE_SETS
-    for name, value in vars(cfg.eval).items():
-        is_file = name.endswith("_manifest") or name == "classnames" or (name == "templates" and not named_templates)
-        if isinstance(value, str) and value and (is_file or name.endswith("_root")):
-            path = Path(value)
-            if not (path.is_file() if is_file else path.is_dir()):
-                raise DataError(f"eval.{name}: {'file' if is_file else 'folder'} not found: {path}")
+from .workers import ignore_preemption_in_worker, stop_loader_workers
 
 
 class Trainer:
@@ -107,7 +73,10 @@ class Trainer:
         if state is not None:
             self._restore(path, state, changes)
 
-        dataset = PairDataset(source, self.method.data_spec(cfg), cfg.model.vision.image_size, tr.seed)
+        spec = self.method.data_spec(cfg)
+        dataset = PairDataset(source, spec, cfg.model.vision.image_size, tr.seed)
+        self.device_stage = build_device_stage(spec, cfg.model.vision.image_size)  # uint8 crops -> augmented,
+        # normalised views, batched on the training device (the workers only decode and crop)
         self.loader = build_train_loader(
             dataset, tr.batch_size, cfg.data.num_workers, self.info.rank, self.info.world_size, tr.seed,
             start=self.consumed, pin_memory=cfg.data.pin_memory and self.device.type != "cpu")
@@ -251,7 +220,8 @@ class Trainer:
 
     def _batches(self):
         """The loader's batches on the device, with the wait for each and its skipped samples accounted."""
-        it = self._iterator = iter(self.loader)
+        self._iterator = iter(self.loader)
+        it = DevicePrefetcher(self._iterator, self.device)  # copies batch i+1 while step i runs (CUDA)
         if self._rng_to_restore is not None:  # after iter(): creating it draws from the global generator
             set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
@@ -261,7 +231,7 @@ class Trainer:
             self.clock.wait += time.perf_counter() - t0
             self.consumed += self.cfg.train.batch_size  # per micro-batch: counts what the stream handed out
             self.skips.add(batch["skips"], self.consumed, batch["skip_examples"])
-            yield to_device(batch, self.device)
+            yield self.device_stage(batch)
 
     def _train_step(self, batches) -> bool:
         """Forward/backward over the micro-batches, then one update (True), or a skip (False) if anything is
