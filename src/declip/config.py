@@ -81,6 +81,9 @@ class MethodConfig:
     simsiam_pred_dim: int = 512
     eda_ops: list[str] = field(default_factory=lambda: ["synonym", "swap", "delete"])
     local_loss: bool = False  # each rank: local rows vs. gathered columns (always); True skips the gather
+    # DeCLIP small-data knobs (issue 12); the defaults are the reference method.
+    multi_view: bool = True  # False: the contrastive term uses view 1 x the original caption only (ablation)
+    augment: str = "mocov2"  # image views: mocov2 (reference) | clip (RandomResizedCrop 0.5-1 only)
 
 
 @dataclass
@@ -173,6 +176,7 @@ CHOICES = {
     "model.vision.kind": {"vit", "resnet"},
     "data.source": {"builtin", "manifest", "csv", "webdataset"},
     "method.name": {"clip", "declip"},
+    "method.augment": {"mocov2", "clip"},
     "train.device": {"auto", "cpu", "cuda"},
     "train.precision": {"fp32", "bf16", "fp16"},
     "train.mode": {"full", "performance"},
