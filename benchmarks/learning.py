@@ -222,6 +222,20 @@ def table(runs: list[dict], sets: list[str], variants: list[str]) -> str:
     return "\n".join(lines)
 
 
+def write_report(payload: dict, sets: list[str], variants: list[str], path: Path, notes: str = "") -> None:
+    """benchmarks/results/learning.md: the table (mean +- sample std over seeds), how it was made, the notes."""
+    md = [f"# Learning benchmark (issue 12): {payload['split']} split", "",
+          f"- date: {payload['date']}", f"- command: `{payload['command']}`", f"- machine: {payload['machine']}",
+          f"- recipe: ViT 4x128 patch 8 at 32 px, text 4x128 (2 heads) context 32, embed 128; AdamW lr {LR}, "
+          f"wd {WD}, cosine with {WARMUP}-step warm-up; {STEPS} steps x batch {BATCH}; seeds 0..n-1",
+          "- metrics: digits = zero-shot top-1 (%) on the held-out split (10 classes, 3 templates); emoji = "
+          "image->text recall@1 (%) over the held-out images and their own Unicode names", "",
+          table(payload["runs"], sets, variants), ""]
+    if notes:
+        md += [notes, ""]
+    path.write_text("\n".join(md))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=3)
@@ -234,6 +248,8 @@ def main() -> int:
     ap.add_argument("--workdir", default="/tmp/declip-learning-runs")
     ap.add_argument("--out", default=str(HERE / "results" / "learning"))
     ap.add_argument("--tag", default="", help="suffix for workdir names (several recipe probes side by side)")
+    ap.add_argument("--report", action="store_true", help="only rewrite the .md from the .json (with --notes)")
+    ap.add_argument("--notes", default="", help="a markdown file appended to the report")
     ap.add_argument("--rerun", action="store_true", help="ignore results already in --workdir")
     ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # set:variant:seed (a worker process)
     ap.add_argument("extra", nargs="*", help="key=value overrides for every 'ours' run (recipe probes)")
@@ -249,8 +265,21 @@ def main() -> int:
         print(json.dumps(res), flush=True)
         return 0
 
-    build_all(cache, wheels)
     sets, variants = a.sets.split(","), a.variants.split(",")
+    notes = Path(a.notes).read_text() if a.notes else ""
+    if a.report:  # collect every finished run in --workdir (also those of an interrupted grid)
+        runs = [json.loads(p.read_text()) for p in sorted(work.glob(f"*{a.tag}-*-{a.split}/result.json"))]
+        runs = [r for r in runs if r["set"] in sets and r["variant"] in variants and r["seed"] < a.seeds]
+        payload = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                   "command": f"python benchmarks/learning.py --seeds {a.seeds} --sets {a.sets} --variants "
+                              f"{a.variants} --split {a.split}",
+                   "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared), "
+                              "1 thread per run, 2 runs at a time", "split": a.split, "extra": a.extra, "runs": runs}
+        Path(a.out + ".json").write_text(json.dumps(payload, indent=1))
+        write_report(payload, sets, variants, Path(a.out + ".md"), notes)
+        print(Path(a.out + ".md").read_text())
+        return 0
+    build_all(cache, wheels)
     jobs = [(s, v, seed) for seed in range(a.seeds) for s in sets for v in variants]
     runs, running = [], []
     start = time.time()
@@ -288,6 +317,7 @@ def main() -> int:
                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, 1 thread per run",
                "split": a.split, "extra": a.extra, "runs": runs}
     Path(str(out) + ".json").write_text(json.dumps(payload, indent=1))
+    write_report(payload, sets, variants, Path(str(out) + ".md"), notes)
     print(table(runs, sets, variants))
     return 0
 
