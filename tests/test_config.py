@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from declip.config import ConfigError, demo_config_path, dump_config, load_config
 
@@ -61,12 +62,15 @@ def test_presets_fill_model_and_explicit_keys_win():
     assert cfg.model.vision.image_size == 256 and cfg.model.vision.patch_size == 32
 
 
-SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))
+SHIPPED = sorted((ROOT / "configs").glob("*.yaml")) + [ROOT / "src/declip/configs/own_data.yaml"]  # demo: a link
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_shipped_config_round_trips_through_dump_config(path, tmp_path):
-    cfg = load_config(path)
+    data = (yaml.safe_load(path.read_text()) or {}).get("data", {})
+    needs_data = data.get("source", "builtin") != "builtin" and not data.get("path")  # the user names the data
+    cfg = load_config(path, ["data.source=manifest", "data.path=pairs.jsonl", "data.root=images"] if needs_data
+                      else [])
     dumped = tmp_path / "dumped.yaml"
     dumped.write_text(dump_config(cfg))
     again = load_config(dumped)
@@ -80,7 +84,8 @@ YFCC15M = sorted((ROOT / "configs").glob("*_yfcc15m.yaml"))
 def test_the_parametrized_config_tests_see_every_shipped_file():  # an empty glob would skip them silently
     assert {p.name for p in YFCC15M} == {f"{method}_{model}_yfcc15m.yaml" for method in ("clip", "declip")
                                          for model in ("rn50", "vitb32")}
-    assert {p.name for p in SHIPPED} == {p.name for p in YFCC15M} | {"demo.yaml"}
+    assert {p.name for p in SHIPPED} == {p.name for p in YFCC15M} | {"demo.yaml", "declip_small_data.yaml",
+                                                                     "own_data.yaml"}
 
 
 @pytest.mark.parametrize("path", YFCC15M, ids=[p.stem for p in YFCC15M])

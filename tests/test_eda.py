@@ -122,20 +122,22 @@ def test_edge_cases(ops, table, stopwords):
     for seed in range(20):
         rng = random.Random(seed)
         assert eda("", rng) == ""
-        assert eda("   ?!, 123 ", rng) == ""
+        assert eda("   ", rng) == ""
+        out = eda("   ?!, 123 ", rng).split()
+        assert out and set(out) <= {"123", "?!,"}  # no letters: nothing to replace or insert
         one = eda("Horse!", rng)
         if ops in (("swap",), ("delete",)):
-            assert one == "horse"
+            assert one == "Horse!"
         else:
-            assert one  # a synonym of horse, or horse plus an inserted synonym
+            assert one  # a synonym of horse, or Horse! plus an inserted synonym
         out = eda("The CAT, on the Mat.", rng)
-        assert out and out == out.lower() and set(out) <= set("abcdefghijklmnopqrstuvwxyz ")
+        assert out
 
 
 def test_only_stopwords_unchanged_by_synonym_and_insert():
     eda = EDA(TOY_TABLE, TOY_STOP, ops=("synonym", "insert"))
     for seed in range(30):
-        assert eda("The a of THE", random.Random(seed)) == "the a of the"
+        assert eda("The a of THE", random.Random(seed)) == "The a of THE"
 
 
 # --- determinism --------------------------------------------------------------------
@@ -166,7 +168,7 @@ def test_swap_keeps_multiset(table, stopwords):
     changed = 0
     for seed in range(200):
         cap = CAPTIONS[seed % len(CAPTIONS)]
-        src = clean_caption(cap).split()
+        src = cap.split()
         out = eda(cap, random.Random(seed)).split()
         assert Counter(out) == Counter(src)
         assert sum(a != b for a, b in zip(out, src)) in (0, 2)  # exactly one swap
@@ -179,7 +181,7 @@ def test_delete_is_ordered_nonempty_subset(table, stopwords):
     lengths = []
     for seed in range(300):
         cap = CAPTIONS[seed % len(CAPTIONS)]
-        src = clean_caption(cap).split()
+        src = cap.split()
         out = eda(cap, random.Random(seed)).split()
         assert out and is_subsequence(out, src)
         lengths.append(len(src) - len(out))
@@ -189,15 +191,15 @@ def test_delete_is_ordered_nonempty_subset(table, stopwords):
     for seed in range(20):
         out = wipe(TOY_CAPTION, random.Random(seed)).split()
         assert len(out) == 1 and out[0] in TOY_WORDS
-    assert EDA(table, stopwords, ops=("delete",), p_delete=0.0)(CAPTIONS[0], random.Random(0)) == clean_caption(CAPTIONS[0])
+    assert EDA(table, stopwords, ops=("delete",), p_delete=0.0)(CAPTIONS[0], random.Random(0)) == CAPTIONS[0]
 
 
 def _replaced_types(src: list[str], out_text: str, table: SynonymTable) -> str:
-    """Check that ``out_text`` is ``src`` with every occurrence of one word type replaced; return it."""
+    """Check that ``out_text`` is ``src`` with every occurrence of one raw token replaced; return its key."""
     for word in set(src):
-        for syn in table.synonyms(word):
+        for syn in table.synonyms(clean_caption(word).replace(" ", "")):
             if " ".join(syn if w == word else w for w in src) == out_text and syn != word:
-                return word
+                return clean_caption(word)
     raise AssertionError(f"{out_text!r} is not {src!r} with one word type replaced by a table synonym")
 
 
@@ -206,7 +208,7 @@ def test_synonym_replaces_one_type_everywhere(table, stopwords):
     replaced = Counter()
     for seed in range(200):
         cap = CAPTIONS[seed % len(CAPTIONS)] + " and another horse dog car"
-        src = clean_caption(cap).split()
+        src = cap.split()
         word = _replaced_types(src, eda(cap, random.Random(seed)), table)
         assert word not in stopwords
         replaced[word] += 1
@@ -231,7 +233,7 @@ def test_insert_adds_a_synonym_and_keeps_the_rest(table, stopwords):
     eda = EDA(table, stopwords, ops=("insert",), n_insert=1)
     for seed in range(100):
         cap = CAPTIONS[seed % len(CAPTIONS)]
-        src = clean_caption(cap).split()
+        src = cap.split()
         out = eda(cap, random.Random(seed)).split()
         assert len(out) > len(src) and is_subsequence(src, out)
     two = EDA(TOY_TABLE, TOY_STOP, ops=("insert",), n_insert=2)("alpha the beta", random.Random(3)).split()
@@ -283,3 +285,48 @@ def test_default_construction_and_pickling():
     assert len(blob) < 10_000  # the packaged table is reloaded in the worker, not shipped
     clone = pickle.loads(blob)
     assert clone(CAPTIONS[0], random.Random(0)) == out
+
+
+# --- fix 1: the caption is not cleaned, only the synonym look-up key -------------------
+
+YFCC_TITLE = "2008 Honda Civic Si for sale - $12,500"
+
+
+@pytest.mark.parametrize("op", ["swap", "delete"])
+def test_swap_and_delete_work_on_the_raw_caption(table, stopwords, op):
+    """The reference runs swap/delete on the raw whitespace-split caption: case, digits, punctuation kept."""
+    eda = EDA(table, stopwords, ops=(op,))
+    raw = YFCC_TITLE.split()
+    for seed in range(50):
+        out = eda(YFCC_TITLE, random.Random(seed)).split()
+        if op == "swap":
+            assert Counter(out) == Counter(raw)
+        else:
+            assert out and is_subsequence(out, raw)
+    assert EDA(table, stopwords, ops=("delete",), p_delete=0.0)(YFCC_TITLE, random.Random(0)) == YFCC_TITLE
+
+
+def test_synonym_normalises_only_the_lookup_key(stopwords):
+    toy = SynonymTable({"honda": ["hondasyn"], "civic": ["civil"], "sale": ["sales event"]})
+    eda = EDA(toy, stopwords, ops=("synonym",))
+    outs = {eda("2008 Honda Civic, Si for SALE - $12,500", random.Random(seed)) for seed in range(60)}
+    assert outs == {"2008 hondasyn Civic, Si for SALE - $12,500", "2008 Honda civil Si for SALE - $12,500",
+                    "2008 Honda Civic, Si for sales event - $12,500"}
+
+
+def test_eda_changes_few_tokens_on_ordinary_english(table, stopwords):
+    """Mean share of BPE tokens that differ from the original: ~5% for the reference, ~20% when the whole
+    caption is cleaned (the bug). Measured with the CLIP BPE on cased, punctuated English."""
+    from declip.data.tokenizer import tokenize
+
+    eda = EDA(table, stopwords)
+    caps = [c + " In 2019, it cost $5." for c in CAPTIONS]
+    changed = total = 0
+    for seed in range(200):
+        cap = caps[seed % len(caps)]
+        a = [t for t in tokenize(cap, 77)[0].tolist() if t]
+        b = [t for t in tokenize(eda(cap, random.Random(seed)), 77)[0].tolist() if t]
+        common = sum((Counter(a) & Counter(b)).values())
+        changed += len(a) - common
+        total += len(a)
+    assert changed / total < 0.10, changed / total

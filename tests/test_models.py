@@ -37,3 +37,44 @@ def test_text_pools_at_eot_even_with_mask_tokens():
         pooled, tokens = encode_text_with_tokens(clip, ids)
         expected = clip.text.text_projection(tokens[:, eot])
     torch.testing.assert_close(pooled, expected)
+
+
+# --- fix 2: CLIP's normal init on the ViT blocks, as on the text blocks -------------------------------------
+def test_vit_blocks_get_clip_init_like_the_text_blocks():
+    """open_clip's VisionTransformer keeps PyTorch defaults (out_proj std ~0.021 at width 768 whatever the
+    depth); the reference applies attn std w^-0.5, proj std w^-0.5 (2L)^-0.5, fc std (2w)^-0.5."""
+    torch.manual_seed(0)
+    cfg = load_config(None, ["model.preset=vit-b-32"])
+    clip = build_clip(cfg.model)
+    w, layers = 768, 12
+    proj_std, attn_std, fc_std = w ** -0.5 * (2 * layers) ** -0.5, w ** -0.5, (2 * w) ** -0.5
+    for block in clip.visual.transformer.resblocks:
+        assert abs(block.attn.in_proj_weight.std().item() - attn_std) < 0.05 * attn_std
+        assert abs(block.attn.out_proj.weight.std().item() - proj_std) < 0.05 * proj_std
+        assert abs(block.mlp.c_fc.weight.std().item() - fc_std) < 0.05 * fc_std
+        assert abs(block.mlp.c_proj.weight.std().item() - proj_std) < 0.05 * proj_std
+    assert abs(clip.visual.positional_embedding.std().item() - 0.01) < 0.001
+
+
+# --- fix 4: the logit-scale cap applies to the value, not the gradient --------------------------------------
+def test_logit_scale_cap_keeps_the_gradient():
+    """exp(5) = 148 > 100: the value is capped at 100 but d scale / d param stays exp(5), so the optimizer can
+    bring the scale back down (a hard clamp gives a zero gradient and the scale is stuck)."""
+    import math
+
+    from declip.models.towers import logit_scale_value
+
+    clip = build_clip(load_config(None).model)
+    with torch.no_grad():
+        clip.logit_scale.fill_(5.0)
+    scale = logit_scale_value(clip)
+    assert scale.item() == pytest.approx(100.0)
+    scale.backward()
+    assert clip.logit_scale.grad.item() == pytest.approx(math.exp(5.0), rel=1e-5)
+    clip.logit_scale.grad = None
+    with torch.no_grad():
+        clip.logit_scale.fill_(math.log(1 / 0.07))
+    scale = logit_scale_value(clip)
+    assert scale.item() == pytest.approx(1 / 0.07, rel=1e-5)
+    scale.backward()
+    assert clip.logit_scale.grad.item() == pytest.approx(1 / 0.07, rel=1e-5)

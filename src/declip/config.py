@@ -125,6 +125,9 @@ class MethodConfig:
     simsiam_pred_dim: int = 512
     eda_ops: list[EdaOp] = field(default_factory=lambda: list(DEFAULT_EDA_OPS))
     local_loss: bool = False  # each rank: local rows vs. gathered columns (always); True skips the gather
+    # DeCLIP small-data knobs (issue 12); the defaults are the reference method.
+    multi_view: bool = True  # False: the contrastive term uses view 1 x the original caption only (ablation)
+    augment: Literal["mocov2", "clip"] = "mocov2"  # image views: mocov2 (reference) | clip (RandomResizedCrop 0.5-1 only)
 
     def validate(self, check: Check) -> None:
         for w in ("clip_weight", "simsiam_weight", "mlm_weight", "nn_weight"):

@@ -19,9 +19,15 @@ Differences from the reference implementation, all deliberate:
 * Insertion skips stopwords and takes a random synonym (the reference takes the
   first one of a set, an arbitrary choice).
 
-Cleaning follows EDA: lower-case, drop apostrophes ("don't" -> "dont"), turn every
-other character outside ``a-z`` (digits, punctuation, hyphens, non-ASCII letters)
-into a space, collapse whitespace. Augmented captions are returned cleaned.
+The caption itself is NOT cleaned (as in the reference): every operation works on the raw
+caption split on whitespace, so case, digits, punctuation and accents survive
+("2008 Honda Civic Si for sale - $12,500" stays that, minus one word or with two
+words swapped). Only the synonym look-up key is normalised with :func:`clean_caption`
+(lower-case, drop apostrophes, letters a-z only): "Cars," is looked up as "cars",
+and the stopword test uses the same key. A word type is a raw token: synonym
+replacement replaces every token equal to the chosen one. Words whose key is empty
+("$12,500", "-") are never replaced. Synonyms are inserted as the table has them
+(lower-case letters, possibly several words).
 """
 
 from __future__ import annotations
@@ -63,9 +69,14 @@ class EDAResourceError(RuntimeError):
 
 
 def clean_caption(text: str) -> str:
-    """EDA pre-cleaning: lower-case, letters a-z and single spaces only."""
+    """EDA's normalisation (lower-case, letters a-z and single spaces only); used for look-up keys only."""
     text = _APOSTROPHES.sub("", text.lower())
     return _NON_LETTERS.sub(" ", text).strip()
+
+
+def _lookup_key(word: str) -> str:
+    """The synonym/stopword key of one raw token: "Cars," -> "cars", "don't" -> "dont", "$12,500" -> ""."""
+    return _NON_LETTERS.sub("", _APOSTROPHES.sub("", word.lower()))
 
 
 def _resolve(path, asset: str):
@@ -208,26 +219,27 @@ class EDA:
     def __call__(self, caption: str, rng: random.Random) -> str:
         if not isinstance(rng, random.Random):
             raise TypeError("EDA needs an explicit random.Random instance (it never uses the global random module)")
-        words = clean_caption(caption).split()
+        words = caption.split()
         if not words:
             return ""
         op = rng.choice(self.ops)
         return " ".join(getattr(self, "_" + op)(words, rng))
 
-    def _candidates(self, words: list[str], rng: random.Random) -> list[str]:
-        """Distinct non-stopwords in a reproducible random order."""
+    def _candidates(self, words: list[str], rng: random.Random) -> list[tuple[str, str]]:
+        """Distinct raw tokens whose look-up key is a non-stopword, as (token, key), in a reproducible
+        random order."""
         stop = self.stopwords
-        cands = sorted({w for w in words if w not in stop})
+        cands = sorted({(w, key) for w in words for key in (_lookup_key(w),) if key and key not in stop})
         rng.shuffle(cands)
         return cands
 
     def _synonym(self, words: list[str], rng: random.Random) -> list[str]:
         """Replace every occurrence of up to ``n_synonym`` word types that have synonyms."""
         table, done = self.synonyms, 0
-        for word in self._candidates(words, rng):
+        for word, key in self._candidates(words, rng):
             if done >= self.n_synonym:
                 break
-            syns = table.synonyms(word)
+            syns = table.synonyms(key)
             if syns:
                 new = rng.choice(syns)
                 words = [new if w == word else w for w in words]
@@ -252,8 +264,8 @@ class EDA:
         """``n_insert`` times, insert a synonym of a random non-stopword at a random position."""
         words, table = list(words), self.synonyms
         for _ in range(self.n_insert):
-            for word in self._candidates(words, rng):
-                syns = table.synonyms(word)
+            for _word, key in self._candidates(words, rng):
+                syns = table.synonyms(key)
                 if syns:
                     words.insert(rng.randint(0, len(words)), rng.choice(syns))
                     break

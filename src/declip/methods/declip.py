@@ -46,9 +46,9 @@ class DeCLIP(Method):
     @staticmethod
     def data_spec(cfg: Config) -> DataSpec:
         m = cfg.method
-        return DataSpec(n_views=2, augment="mocov2", text=TextSpec(
+        return DataSpec(n_views=2, augment=m.augment, text=TextSpec(
             context_length=cfg.model.text.context_length,
-            eda=m.clip_weight > 0 or m.nn_weight > 0, eda_ops=tuple(m.eda_ops),
+            eda=(m.clip_weight > 0 and m.multi_view) or m.nn_weight > 0, eda_ops=tuple(m.eda_ops),
             mlm=m.mlm_weight > 0, mask_prob=m.mask_prob))
 
     def forward(self, batch):
@@ -57,7 +57,8 @@ class DeCLIP(Method):
         b = images.shape[0]
         feats = self.clip.encode_image(images.transpose(0, 1).reshape(2 * b, *images.shape[2:]))
         f1, f2 = feats[:b], feats[b:]
-        use_aug = w["clip"] > 0 or w["nn"] > 0
+        multi_view = self.cfg.method.multi_view
+        use_aug = (w["clip"] > 0 and multi_view) or w["nn"] > 0
         text_ids = torch.cat([batch["text"], batch["text_aug"]]) if use_aug else batch["text"]
         if w["mlm"] > 0:
             text_feats, tokens = encode_text_with_tokens(self.clip, text_ids)
@@ -73,13 +74,16 @@ class DeCLIP(Method):
         g_i1, g_i2 = Gathered(i1, gather=gather), Gathered(i2, gather=gather)
         offset = g_i1.offset
 
-        if w["clip"] > 0:
+        if w["clip"] > 0 and not multi_view:  # ablation: one image view x the original caption
+            loss, logits = self.contrastive(g_i1, Gathered(t, gather=gather), scale)
+        elif w["clip"] > 0:
             g_t, g_ta = Gathered(t, gather=gather), Gathered(t_aug, gather=gather)
             l11, logits = self.contrastive(g_i1, g_t, scale)
             l21, _ = self.contrastive(g_i2, g_t, scale)
             l12, _ = self.contrastive(g_i1, g_ta, scale)
             l22, _ = self.contrastive(g_i2, g_ta, scale)
             loss = (l11 + l21 + l12 + l22) / 4
+        if w["clip"] > 0:
             losses["clip"] = w["clip"] * loss
             metrics["clip_raw"] = loss.detach()
             metrics["clip_acc"] = top1_accuracy(logits, offset)

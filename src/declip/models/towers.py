@@ -42,10 +42,28 @@ def build_clip(cfg: ModelConfig) -> CustomTextCLIP:
     model = CustomTextCLIP(embed_dim=mc["embed_dim"], vision_cfg=mc["vision_cfg"], text_cfg=mc["text_cfg"],
                            quick_gelu=mc["quick_gelu"], init_logit_scale=LOGIT_SCALE_INIT)
     if cfg.vision.kind == "vit":
+        init_vit_blocks(model.visual)
         nn.init.normal_(model.visual.positional_embedding, std=0.01)  # reference init
         if cfg.vision.freeze_conv1:
             model.visual.conv1.requires_grad_(False)
     return model
+
+
+@torch.no_grad()
+def init_vit_blocks(visual: nn.Module) -> None:
+    """CLIP's normal init on the ViT's transformer blocks, as the reference applies it to both towers:
+    attention in-projection std width^-0.5, out-projection and MLP c_proj std width^-0.5 (2 layers)^-0.5,
+    MLP c_fc std (2 width)^-0.5. open_clip's VisionTransformer.init_parameters is a no-op (PyTorch defaults:
+    out_proj std ~0.021 instead of ~0.0074 at ViT-B/32); its text tower gets exactly this init."""
+    tr = visual.transformer
+    proj_std = (tr.width ** -0.5) * ((2 * tr.layers) ** -0.5)
+    attn_std = tr.width ** -0.5
+    fc_std = (2 * tr.width) ** -0.5
+    for block in tr.resblocks:
+        nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+        nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+        nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+        nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
 
 
 def encode_text_with_tokens(clip: CustomTextCLIP, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,6 +84,12 @@ def clamp_logit_scale(clip: CustomTextCLIP) -> None:
     clip.logit_scale.clamp_(LOGIT_SCALE_MIN, LOGIT_SCALE_MAX)
 
 
+LOGIT_SCALE_CAP = 100.0
+
+
 def logit_scale_value(clip: CustomTextCLIP) -> torch.Tensor:
-    """exp(logit_scale) capped at 100, as in the reference."""
-    return clip.logit_scale.exp().clamp(max=100.0)
+    """exp(logit_scale) capped at 100 on the VALUE only, as in the reference: the gradient is that of the
+    uncapped exp(), so a parameter above log(100) (possible between the clamps, or with the clamp off) still
+    gets a gradient and can come back down. A hard ``clamp(max=100)`` would give it a zero gradient."""
+    scale = clip.logit_scale.exp()
+    return scale - (scale - LOGIT_SCALE_CAP).clamp(min=0).detach()

@@ -7,9 +7,9 @@ Order matters and is fixed by :func:`prepare_method`, called before the optimize
 - activation checkpointing (open_clip's ``set_grad_checkpointing``): recomputes each transformer block in the
   backward instead of storing its activations; the same gradients for less memory. open_clip's ModifiedResNet
   has no checkpointing (its method is a no-op), so for ResNet towers only the text tower is checkpointed.
-- SyncBatchNorm: converts every BatchNorm (the ResNet tower's and the SimSiam heads') so batch statistics
-  cover the global batch. The converted modules reuse the same Parameter objects and state_dict keys, so
-  checkpoints load either way. torch's SyncBatchNorm refuses CPU tensors in a process group, so on gloo it is
+- SyncBatchNorm: converts the image tower's BatchNorm (the ResNet's) so its batch statistics cover the global
+  batch; the SimSiam heads' BatchNorm stays per rank, as in the reference. The converted modules reuse the same
+  Parameter objects and state_dict keys, so checkpoints load either way. torch's SyncBatchNorm refuses CPU tensors in a process group, so on gloo it is
   refused up front with a clear error rather than mid-step.
 - channels_last (ResNet towers): weights converted once; a forward pre-hook on the image tower converts its
   input, because methods build the 4-D image batch themselves (DeCLIP stacks its two views).
@@ -74,9 +74,12 @@ def prepare_method(method: nn.Module, cfg: Config, device_type: str, world_size:
             raise SyncBNUnsupported(
                 "train.sync_bn=true needs CUDA devices: torch's SyncBatchNorm rejects CPU tensors in a process "
                 "group (gloo). Set train.sync_bn=false for CPU runs (BatchNorm statistics stay per rank).")
-        n_bn = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in method.modules())
-        nn.SyncBatchNorm.convert_sync_batchnorm(method)  # children replaced in place; method itself is no BN
-        log.info("train.sync_bn: %d BatchNorm layers synchronised across ranks", n_bn)
+        # The image tower only, as the reference: its BatchNorm sees the global batch, while the SimSiam heads'
+        # BatchNorm stays per rank (part of SimSiam's recipe: per-GPU statistics).
+        n_bn = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in clip.visual.modules())
+        clip.visual = nn.SyncBatchNorm.convert_sync_batchnorm(clip.visual)  # children replaced in place
+        log.info("train.sync_bn: %d BatchNorm layers of the image tower synchronised across ranks (the heads' "
+                 "BatchNorm stays per rank)", n_bn)
     if tr.channels_last:
         if resnet:
             clip.visual.to(memory_format=torch.channels_last)

@@ -1,0 +1,157 @@
+"""Real image-caption sets for benchmarks/learning.py, built from installed packages into a cache folder.
+
+Nothing here is generated: the images and their texts come from packages on PyPI / Debian.
+
+* ``digits`` -- scikit-learn's handwritten digits (1,797 real 8x8 scans from the UCI "Optical Recognition of
+  Handwritten Digits" set, 10 classes), read straight from the scikit-learn wheel (``pip download
+  scikit-learn --no-deps``; scikit-learn itself is not imported). Upscaled to 32 px, white ink on black.
+  Training captions: one of a few short caption templates with the class name ("a handwritten seven", ...).
+  Task: zero-shot top-1 on a stratified held-out split with the class names.
+* ``emoji`` -- the colour emoji of Google's Noto Color Emoji font (Debian ``fonts-noto-color-emoji``), every
+  single-code-point emoji the font draws, rendered at its bitmap size and resized to 32 px; the caption is
+  the code point's Unicode name (``unicodedata.name``, lower-cased: "dog face", "sun behind cloud").
+  Task: image->text recall@1 (and text->image) over the held-out images and their own captions.
+
+Each set is split once, by a fixed seed, into train / val / test. ``val`` is carved from the training data
+and is the only split used to choose a recipe; ``test`` is scored only for the final table.
+
+Install: ``apt-get install fonts-noto-color-emoji`` and ``pip download scikit-learn --no-deps -d WHEELS``.
+"""
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import json
+import os
+import random
+import unicodedata
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+SIZE = 32
+DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+DIGIT_CAPTIONS = ["a handwritten {w}", "the number {n} written by hand", "a scanned digit {w}",
+                  "handwritten digit {n}", "a small picture of a {w}", "the digit {w}"]
+DIGIT_ZS_TEMPLATES = ["a handwritten {}.", "a photo of the number {}.", "the digit {}."]
+EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
+EMOJI_RANGES = [(0x2190, 0x21FF), (0x2300, 0x23FF), (0x2460, 0x27BF), (0x2900, 0x297F), (0x2B00, 0x2BFF),
+                (0x1F000, 0x1F1E5), (0x1F200, 0x1F3FA), (0x1F400, 0x1FAFF)]  # no regional letters/skin tones
+
+
+def _write(out: Path, name: str, records: list[dict], split: dict[str, list[int]], meta: dict) -> Path:
+    for part, idx in split.items():
+        with open(out / f"{part}.jsonl", "w", encoding="utf-8") as f:
+            for i in idx:
+                f.write(json.dumps(records[i]) + "\n")
+    (out / "meta.json").write_text(json.dumps({"name": name, **meta, "sizes": {k: len(v) for k, v in split.items()}},
+                                              indent=1))
+    return out
+
+
+def build_digits(cache: Path, wheels: Path) -> Path:
+    out = cache / "digits"
+    if (out / "meta.json").is_file():
+        return out
+    wheel = sorted(glob.glob(str(wheels / "scikit_learn-*.whl")))
+    if not wheel:
+        raise FileNotFoundError(f"no scikit-learn wheel in {wheels}: pip download scikit-learn --no-deps -d {wheels}")
+    with zipfile.ZipFile(wheel[-1]) as z:
+        raw = gzip.decompress(z.read("sklearn/datasets/data/digits.csv.gz")).decode()
+    data = np.array([[float(v) for v in line.split(",")] for line in raw.strip().splitlines()])
+    pixels, labels = data[:, :64].reshape(-1, 8, 8), data[:, 64].astype(int)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    records = []
+    for i, (px, y) in enumerate(zip(pixels, labels)):
+        img = Image.fromarray((px * 255 / 16).astype(np.uint8)).resize((SIZE, SIZE), Image.BICUBIC).convert("RGB")
+        fn = f"images/{i:04d}.png"
+        img.save(out / fn)
+        cap = rng.choice(DIGIT_CAPTIONS).format(w=DIGIT_WORDS[y], n=y)
+        records.append({"filename": fn, "caption": cap, "label": int(y), "label_name": DIGIT_WORDS[y]})
+    # stratified: per class 1/3 test, 2/3 train of which 1/6 val
+    split = {"train": [], "val": [], "test": []}
+    for c in range(10):
+        idx = [i for i, y in enumerate(labels) if y == c]
+        rng.shuffle(idx)
+        n_test = len(idx) // 3
+        n_val = (len(idx) - n_test) // 6
+        split["test"] += idx[:n_test]
+        split["val"] += idx[n_test:n_test + n_val]
+        split["train"] += idx[n_test + n_val:]
+    for v in split.values():
+        v.sort()
+    return _write(out, "digits", records, split, {
+        "source": f"scikit-learn wheel {Path(wheel[-1]).name}: sklearn/datasets/data/digits.csv.gz",
+        "task": "zeroshot", "classnames": DIGIT_WORDS, "templates": DIGIT_ZS_TEMPLATES})
+
+
+def build_emoji(cache: Path) -> Path:
+    out = cache / "emoji"
+    if (out / "meta.json").is_file():
+        return out
+    if not os.path.isfile(EMOJI_FONT):
+        raise FileNotFoundError(f"{EMOJI_FONT} missing: apt-get install fonts-noto-color-emoji")
+    font = ImageFont.truetype(EMOJI_FONT, 109)  # the CBDT bitmap strike
+
+    def render(ch: str) -> Image.Image:
+        im = Image.new("RGB", (136, 128), "white")
+        ImageDraw.Draw(im).text((0, 0), ch, font=font, embedded_color=True)
+        return im
+
+    missing = render("\ue000").tobytes()  # what the font draws for a code point it lacks
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    records = []
+    for lo, hi in EMOJI_RANGES:
+        for cp in range(lo, hi + 1):
+            ch = chr(cp)
+            name = unicodedata.name(ch, "")
+            if not name:
+                continue
+            im = render(ch)
+            if im.tobytes() == missing or im.convert("L").getextrema()[0] > 200:
+                continue
+            box = im.getbbox()
+            im = im.crop((0, 0, 136, 128)).resize((SIZE, SIZE), Image.LANCZOS)
+            fn = f"images/u{cp:05x}.png"
+            im.save(out / fn)
+            records.append({"filename": fn, "caption": name.lower(), "codepoint": cp, "bbox": box})
+    rng = random.Random(0)
+    idx = list(range(len(records)))
+    rng.shuffle(idx)
+    n_test = n_val = len(idx) // 8
+    split = {"test": sorted(idx[:n_test]), "val": sorted(idx[n_test:n_test + n_val]),
+             "train": sorted(idx[n_test + n_val:])}
+    return _write(out, "emoji", records, split, {"source": f"Debian fonts-noto-color-emoji: {EMOJI_FONT}",
+                                                  "task": "retrieval"})
+
+
+def build_all(cache: str | Path, wheels: str | Path) -> dict[str, Path]:
+    cache = Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    return {"digits": build_digits(cache, Path(wheels)), "emoji": build_emoji(cache)}
+
+
+def load_split(root: Path, part: str) -> list[dict]:
+    with open(root / f"{part}.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def load_images(root: Path, records: list[dict]) -> list[Image.Image]:
+    out = []
+    for r in records:
+        with Image.open(root / r["filename"]) as im:
+            out.append(im.convert("RGB"))
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    paths = build_all(sys.argv[1] if len(sys.argv) > 1 else os.path.expanduser("~/.cache/declip-learning"),
+                      sys.argv[2] if len(sys.argv) > 2 else "/tmp/learn-cache/wheels")
+    for k, p in paths.items():
+        print(k, p, (p / "meta.json").read_text())

@@ -1,0 +1,126 @@
+"""Fidelity to the reference recipe (issue 12, fixes 3 and 5) and the small-data DeCLIP knobs.
+
+Fixes 1, 2 and 4 are tested beside their code: tests/test_eda.py (EDA on the raw caption),
+tests/test_models.py (CLIP init on the ViT blocks; logit-scale cap on the value only).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import yaml
+
+from declip.config import load_config
+from declip.methods import build_method
+from declip.train.accel import prepare_method
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE_CONFIGS = sorted((ROOT / "configs").glob("*_yfcc15m.yaml"))
+TINY_RN = ["model.preset=tiny-rn", "model.vision.image_size=32", "model.text.context_length=16",
+           "method.queue_size=64", "method.simsiam_proj_dim=32", "method.simsiam_pred_dim=16"]
+
+
+# --- fix 3: sync the ResNet tower's BatchNorm, never the SimSiam heads' ------------------------------------
+def test_sync_bn_syncs_only_the_image_tower():
+    cfg = load_config(None, ["method.name=declip", *TINY_RN, "train.sync_bn=true"])
+    method = build_method(cfg)
+    prepare_method(method, cfg, "cpu", world_size=1)
+    synced = {n for n, m in method.named_modules() if isinstance(m, nn.SyncBatchNorm)}
+    plain = {n for n, m in method.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)} - synced
+    assert synced and all(n.startswith("clip.visual.") for n in synced)
+    assert plain and all(n.startswith(("projector.", "predictor.")) for n in plain)
+
+
+@pytest.mark.parametrize("name", ["clip_rn50_yfcc15m.yaml", "declip_rn50_yfcc15m.yaml"])
+def test_rn50_reference_configs_sync_the_tower_bn(name):
+    cfg = load_config(ROOT / "configs" / name)
+    assert cfg.train.sync_bn is True
+
+
+@pytest.mark.parametrize("name", ["clip_vitb32_yfcc15m.yaml", "declip_vitb32_yfcc15m.yaml"])
+def test_vit_reference_configs_have_no_batchnorm_to_sync(name):
+    assert load_config(ROOT / "configs" / name).train.sync_bn is False
+
+
+# --- fix 5: the launch the reference configs point to gives their global batch -----------------------------
+@pytest.mark.parametrize("path", REFERENCE_CONFIGS, ids=lambda p: p.name)
+def test_reference_config_launch_comment_matches_global_batch(path):
+    text = path.read_text()
+    cfg = load_config(path)
+    header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+    assert "global batch 4096" in header.replace(",", "")
+    launch = [line for line in text.splitlines() if line.startswith("#") and "Launch" in line]
+    assert launch, "the config names its launch"
+    nodes = re.search(r"(\d+) nodes x (\d+) GPUs", launch[0])
+    assert nodes, launch[0]
+    assert int(nodes.group(1)) * int(nodes.group(2)) * cfg.train.batch_size == 4096
+    assert "train_multinode.sh" in header or "slurm_declip.sbatch" in header
+    assert not re.search(r"Launch:\s*scripts/train_full_8p\.sh", header)  # 8 x 128 = 1,024: not the recipe
+
+
+def test_reference_configs_keep_the_reference_method():
+    for path in REFERENCE_CONFIGS:
+        cfg = load_config(path)
+        assert cfg.method.augment == "mocov2" and cfg.method.multi_view is True
+        assert (cfg.optim.lr, cfg.optim.warmup_start_lr, cfg.optim.warmup_steps) == (1e-3, 1e-4, 2500)
+        assert tuple(cfg.optim.betas) == (0.9, 0.98) and cfg.optim.eps == 1e-8
+        if cfg.method.name == "declip":
+            m = cfg.method
+            assert (m.clip_weight, m.simsiam_weight, m.mlm_weight, m.nn_weight) == (0.4, 0.2, 0.2, 0.2)
+            assert (m.queue_size, m.simsiam_proj_dim, m.simsiam_pred_dim) == (65536, 1024, 512)
+
+
+# --- the small-data DeCLIP recipe and its knobs -------------------------------------------------------------
+def test_small_data_config_loads_and_differs_from_the_reference_only_where_documented():
+    path = ROOT / "configs" / "declip_small_data.yaml"
+    cfg = load_config(path, ["data.path=x.jsonl", "data.root=."])
+    m = cfg.method
+    assert m.name == "declip" and m.augment == "clip" and m.multi_view
+    assert m.simsiam_weight == 0 and m.mlm_weight == 0 and m.clip_weight > 0 and m.nn_weight > 0
+    for key in ("augment", "simsiam_weight", "mlm_weight", "clip_weight", "nn_weight", "queue_size"):
+        assert key in yaml.safe_load(path.read_text())["method"]
+
+
+def _batch(cfg, b=4):
+    from declip.data.text import TextPipeline
+    from declip.methods import method_class
+    import random
+
+    spec = method_class(cfg.method.name).data_spec(cfg)
+    texts = [TextPipeline(spec.text)(c, random.Random(i)) for i, c in enumerate(
+        ["a red circle", "two blue squares", "a green triangle", "one yellow star"][:b])]
+    size = cfg.model.vision.image_size
+    batch = {k: torch.stack([t[k] for t in texts]) for k in texts[0]}
+    batch["images"] = torch.randn(b, spec.n_views, 3, size, size)
+    return spec, batch
+
+
+def test_multi_view_off_scores_one_view_against_the_original_caption():
+    cfg = load_config(None, ["method.name=declip", *TINY_RN, "method.multi_view=false", "method.nn_weight=0",
+                             "method.mlm_weight=0", "method.simsiam_weight=0"])
+    spec, batch = _batch(cfg)
+    assert not spec.text.eda  # no EDA caption needed
+    torch.manual_seed(0)
+    method = build_method(cfg).eval()  # BatchNorm (tiny ResNet) on running statistics: batch-independent
+    losses, _ = method(batch)
+    from declip.losses.contrastive import Gathered
+    from declip.models.towers import logit_scale_value
+    import torch.nn.functional as F
+
+    i1 = F.normalize(method.clip.encode_image(batch["images"][:, 0]), dim=-1)
+    t = F.normalize(method.clip.encode_text(batch["text"]), dim=-1)
+    expected, _ = method.contrastive(Gathered(i1, gather=False), Gathered(t, gather=False),
+                                     logit_scale_value(method.clip))
+    torch.testing.assert_close(losses["clip"], cfg.method.clip_weight * expected, rtol=1e-4, atol=1e-5)
+
+
+def test_augment_knob_picks_the_view_pipeline():
+    from declip.methods import method_class
+
+    for aug in ("mocov2", "clip"):
+        cfg = load_config(None, ["method.name=declip", f"method.augment={aug}"])
+        assert method_class("declip").data_spec(cfg).augment == aug
+    assert load_config(None).method.augment == "mocov2"  # default: the reference views
