@@ -114,7 +114,8 @@ class Trainer:
         try:
             self.method.load_state_dict(state["model"])
         except RuntimeError as e:  # shapes that the config comparison could not see (e.g. a foreign file)
-            raise CheckpointError(f"{path} does not fit this model: {str(e).splitlines()[1].strip()}") from e
+            lines = str(e).strip().splitlines()
+            raise CheckpointError(f"{path} does not fit this model: {lines[min(1, len(lines) - 1)].strip()}") from e
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
