@@ -7,7 +7,8 @@
 #     workers, uint8 crops, augmentation on the GPU) on a generated manifest of $IMAGES 500x375 JPEGs; prints the
 #     synthetic and loader-fed FPS and their ratio (target >= 0.90).
 # Writes benchmarks/results/gpu_step_check_{bf16,fp16}.json, gpu_loader_check_bf16.json and gpu_loader_check.md
-# (or under $OUT_DIR). A few minutes on an H100/H200, most of it generating the JPEGs.
+# and open_clip_step.md (our CLIP step vs open_clip's, issue 10) (or under $OUT_DIR). A few minutes on an
+# H100/H200, most of it generating the JPEGs.
 #   scripts/gpu_check.sh [extra gpu_step_check.py flags, e.g. --compile]
 # Python packages the GPU machine may lack (open_clip_torch, ftfy, wcwidth, webdataset, braceexpand) are installed
 # from wheels in $REPO/.whl when that folder exists; fill it beforehand on a machine with network access:
@@ -95,3 +96,12 @@ Ratio loader-fed / synthetic: {ratio:.3f} (target >= 0.90): {verdict}
 open(sys.argv[3], "w").write(text)
 print(text)
 EOF
+
+# issue 10: our CLIP step vs open_clip's own on the same towers and batch, in one process (target ratio <= 1.00)
+if [ "${QUICK:-0}" = 1 ]; then
+  "$PYTHON" benchmarks/open_clip_step.py --device "$DEVICE" --preset tiny-vit --batch 8 --steps 2 \
+    model.vision.image_size=32 | grep ratio
+else
+  "$PYTHON" benchmarks/open_clip_step.py --device "$DEVICE" --preset vit-b-32 --batch "$BATCH" --steps "$STEPS" \
+    --precision bf16 --out "$OUT_DIR/open_clip_step.md" | grep ratio
+fi
