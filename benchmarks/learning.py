@@ -204,7 +204,7 @@ PRIMARY = {"digits": "top1", "emoji": "i2t_R@1"}
 
 
 def table(runs: list[dict], sets: list[str], variants: list[str]) -> str:
-    lines = ["| variant | " + " | ".join(f"{s} {PRIMARY[s]}" for s in sets) + " | s/run |",
+    lines = ["| variant | " + " | ".join(f"{s} {PRIMARY[s]}" for s in sets) + " | wall s/run (shared CPU) |",
              "|---|" + "---|" * (len(sets) + 1)]
     for v in variants:
         cells, secs = [], []
