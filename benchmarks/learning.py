@@ -67,17 +67,6 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
 
 
 # ------------------------------------------------------------------------------------------------ scoring
-class _Images:
-    def __init__(self, images, labels, transform):
-        self.images, self.labels, self.transform = images, labels, transform
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return self.transform(self.images[i]), self.labels[i]
-
-
 def recall_at_k(a, b, ks=(1, 5)) -> dict[str, float]:
     """Row i of ``a`` matches row i of ``b`` (both L2-normalised). Ties go against the model."""
     sims = a @ b.t()
@@ -92,15 +81,17 @@ def score(model, preprocess, root: Path, meta: dict, split: str) -> dict[str, fl
     import torch.nn.functional as F
 
     from declip.data.tokenizer import tokenize
-    from declip.eval.zeroshot import zero_shot_accuracy
+    from declip.eval.common import EvalImages
+    from declip.eval.zeroshot import classify
 
     model.eval()
     recs = load_split(root, split)
     images = load_images(root, recs)
     if meta["task"] == "zeroshot":
-        ds = _Images(images, [r["label"] for r in recs], preprocess)
-        res = zero_shot_accuracy(model, ds, meta["classnames"], [t.format for t in meta["templates"]],
-                                 torch.device("cpu"), batch_size=256, context_length=CTX)
+        ds = EvalImages(images.__getitem__, len(images), preprocess)
+        res = classify(model, ds, [r["label"] for r in recs], meta["classnames"],
+                       [t.format for t in meta["templates"]], torch.device("cpu"), batch_size=256,
+                       context_length=CTX)
         return {"top1": res["top1"], "top5": res["top5"]}
     with torch.no_grad():
         img = F.normalize(model.encode_image(torch.stack([preprocess(im) for im in images])), dim=-1)
