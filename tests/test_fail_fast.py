@@ -81,8 +81,9 @@ def test_bad_data_stop_exits_with_workers(tmp_path):
 
 @pytest.mark.slow
 def test_nonfinite_stop_exits_with_workers(tmp_path):
-    proc, _ = run_cli(tmp_path, "method.name=clip", "train.nonfinite=stop", script=NAN_LOSS)
+    proc, _ = run_cli(tmp_path, "method.name=clip", "train.nonfinite=stop", "train.progress=true", script=NAN_LOSS)
     assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "\r" not in proc.stderr + proc.stdout  # asked for, but stderr is a pipe: no progress bar drawn into it
     (line,) = error_lines(proc.stderr) or [proc.stderr[-3000:]]
     assert "non-finite" in line and "step 1" in line and "no checkpoint written yet" in line
 
