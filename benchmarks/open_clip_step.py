@@ -17,7 +17,6 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 from open_clip.loss import ClipLoss
@@ -30,6 +29,7 @@ from declip.methods import build_method
 from declip.models.towers import open_clip_model_cfg
 from declip.train.metrics import synchronize
 from declip.train.optim import build_optimizer
+from step_time import cpu_name, emit  # benchmarks/ is on the path when a benchmark runs as a script
 
 
 def synthetic_batch(cfg, batch: int, device) -> dict:
@@ -99,19 +99,14 @@ def main() -> None:
                     times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["declip CLIP"] / med["open_clip CLIP"]
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, {os.cpu_count()} cores"
     lines = [f"## CLIP step: declip vs open_clip ({a.preset}, batch {a.batch}, {a.precision}, {device.type})", "",
              f"Command: `python {' '.join(sys.argv)}`", "",
              f"Machine: {name}, torch {torch.__version__}, {torch.get_num_threads()} threads, {a.steps} timed steps "
              "each, interleaved", "", "| step | median (ms) | images/s |", "|---|---|---|"]
     lines += [f"| {k} | {1000 * v:.1f} | {a.batch / v:.1f} |" for k, v in med.items()]
     lines += ["", f"ratio declip / open_clip: {ratio:.3f} (target <= 1.00 on the GPU)", ""]
-    text = "\n".join(lines)
-    print(text)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(a.out, "a") as f:
-            f.write(text + "\n")
+    emit("\n".join(lines), a.out)
 
 
 if __name__ == "__main__":

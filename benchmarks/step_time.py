@@ -98,10 +98,15 @@ def main() -> None:
                f"{torch.get_num_threads()} threads, preset {a.preset or 'demo'}, batch {a.batch}, {a.steps} timed steps")
     text = "\n".join(["## Step time: DeCLIP vs CLIP", "", f"Command: `{cmd}`", "", f"Machine: {machine}", "",
                       *rows, "", summary, ""])
+    emit(text, a.out)
+
+
+def emit(text: str, out: str = "") -> None:
+    """Print a result block and, with ``out``, append it to a results file (the benchmarks' one report path)."""
     print(text)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(a.out, "a") as f:
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "a") as f:
             f.write(text + "\n")
 
 
