@@ -5,7 +5,8 @@
     python benchmarks/learning.py --split val ...                 # recipe selection: score the VAL split
 
 Data: benchmarks/learning_data.py builds the real sets (scikit-learn's handwritten digits, Noto Color Emoji
-glyphs named by their Unicode names) into a cache folder outside git.
+glyphs named by their Unicode names, the Latin letters of matplotlib's 22 typefaces) into a cache folder
+outside git.
 
 Recipe (issue 12), identical for every model: tiny towers (ViT 4 x 128, patch 8, 32 px; text 4 x 128, heads 2,
 context 32; embed 128), AdamW lr 5e-4, weight decay 0.1, cosine with 10% warm-up, 300 steps x batch 64, one CPU
@@ -191,7 +192,7 @@ def run_one(set_name: str, variant: str, seed: int, split: str, cache: Path, whe
 
 
 # ------------------------------------------------------------------------------------------------- driver
-PRIMARY = {"digits": "top1", "emoji": "i2t_R@1"}
+PRIMARY = {"digits": "top1", "emoji": "i2t_R@1", "letters": "top1"}
 
 
 def table(runs: list[dict], sets: list[str], variants: list[str]) -> str:
@@ -220,7 +221,8 @@ def write_report(payload: dict, sets: list[str], variants: list[str], path: Path
           f"- recipe: ViT 4x128 patch 8 at 32 px, text 4x128 (2 heads) context 32, embed 128; AdamW lr {LR}, "
           f"wd {WD}, cosine with {WARMUP}-step warm-up; {STEPS} steps x batch {BATCH}; seeds 0..n-1",
           "- metrics: digits = zero-shot top-1 (%) on the held-out split (10 classes, 3 templates); emoji = "
-          "image->text recall@1 (%) over the held-out images and their own Unicode names", "",
+          "image->text recall@1 (%) over the held-out images and their own Unicode names; letters = zero-shot "
+          "top-1 (%) over 26 letter names on typefaces never seen in training", "",
           table(payload["runs"], sets, variants), ""]
     if notes:
         md += [notes, ""]
@@ -230,7 +232,7 @@ def write_report(payload: dict, sets: list[str], variants: list[str], path: Path
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--sets", default="digits,emoji")
+    ap.add_argument("--sets", default="digits,emoji,letters")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--split", default="test", choices=["val", "test"])
     ap.add_argument("--jobs", type=int, default=2)
@@ -283,7 +285,7 @@ def main() -> int:
                 runs.append(json.loads(done.read_text()))
                 continue
             cmd = [sys.executable, __file__, "--one", f"{s}:{v}:{seed}", "--split", a.split, "--cache", str(cache),
-                   "--wheels", str(wheels), "--workdir", str(work), "--tag", a.tag, *a.extra]
+                   "--wheels", str(wheels), "--workdir", str(work), f"--tag={a.tag}", *a.extra]
             log = open(work / f"{s}-{v}{a.tag}-{seed}-{a.split}.log", "w") if work.mkdir(parents=True, exist_ok=True) \
                 is None else None
             running.append(((s, v, seed), subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True,

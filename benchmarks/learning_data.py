@@ -11,11 +11,16 @@ Nothing here is generated: the images and their texts come from packages on PyPI
   single-code-point emoji the font draws, rendered at its bitmap size and resized to 32 px; the caption is
   the code point's Unicode name (``unicodedata.name``, lower-cased: "dog face", "sun behind cloud").
   Task: image->text recall@1 (and text->image) over the held-out images and their own captions.
+* ``letters`` -- the 52 Latin letters as drawn by 23 real typefaces shipped in matplotlib's wheel (``pip download
+  matplotlib --no-deps``; not installed or imported): DejaVu Sans / Sans Mono / Serif, STIX General and Donald
+  Knuth's Computer Modern, each face black on white, centred at 32 px. The caption names the letter, its case
+  and the face from the font's own name table ("the capital letter g in STIX General bold italic"). Split by
+  FACE (test and val faces are never seen in training). Task: zero-shot top-1 over the 26 letter names.
 
 Each set is split once, by a fixed seed, into train / val / test. ``val`` is carved from the training data
 and is the only split used to choose a recipe; ``test`` is scored only for the final table.
 
-Install: ``apt-get install fonts-noto-color-emoji`` and ``pip download scikit-learn --no-deps -d WHEELS``.
+Install: ``apt-get install fonts-noto-color-emoji`` and ``pip download scikit-learn matplotlib --no-deps -d WHEELS``.
 """
 from __future__ import annotations
 
@@ -37,6 +42,12 @@ DIGIT_CAPTIONS = ["a handwritten {w}", "the number {n} written by hand", "a scan
                   "handwritten digit {n}", "a small picture of a {w}", "the digit {w}"]
 DIGIT_ZS_TEMPLATES = ["a handwritten {}.", "a photo of the number {}.", "the digit {}."]
 EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
+LETTER_CAPTIONS = ["the {case} letter {c} in {face}", "{face}, {case} {c}", "a {case} {c} set in {face}",
+                   "the letter {c} ({case}), typeface {face}", "{face} glyph of a {case} {c}"]
+LETTER_ZS_TEMPLATES = ["the letter {}.", "a printed {}.", "the character {}."]
+CM_FACES = {"cmr10": "computer modern roman", "cmb10": "computer modern bold", "cmti10": "computer modern italic",
+            "cmss10": "computer modern sans", "cmtt10": "computer modern typewriter",
+            "cmmi10": "computer modern math italic"}
 EMOJI_RANGES = [(0x2190, 0x21FF), (0x2300, 0x23FF), (0x2460, 0x27BF), (0x2900, 0x297F), (0x2B00, 0x2BFF),
                 (0x1F000, 0x1F1E5), (0x1F200, 0x1F3FA), (0x1F400, 0x1FAFF)]  # no regional letters/skin tones
 
@@ -128,10 +139,61 @@ def build_emoji(cache: Path) -> Path:
                                                   "task": "retrieval"})
 
 
+def build_letters(cache: Path, wheels: Path) -> Path:
+    import io
+    import string
+
+    out = cache / "letters"
+    if (out / "meta.json").is_file():
+        return out
+    wheel = sorted(glob.glob(str(wheels / "matplotlib-*.whl")))
+    if not wheel:
+        raise FileNotFoundError(f"no matplotlib wheel in {wheels}: pip download matplotlib --no-deps -d {wheels}")
+    with zipfile.ZipFile(wheel[-1]) as z:
+        names = sorted(n for n in z.namelist() if n.startswith("matplotlib/mpl-data/fonts/ttf/") and (
+            (n.split("/")[-1].startswith(("DejaVu", "STIXGeneral")) and "Display" not in n)
+            or n.split("/")[-1][:-4] in CM_FACES))
+        fonts = {n.split("/")[-1][:-4]: z.read(n) for n in names}
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    records, face_of = [], []
+    for key, blob in fonts.items():
+        font = ImageFont.truetype(io.BytesIO(blob), 96)
+        family, style = font.getname()
+        face = CM_FACES.get(key) or f"{family} {style}".lower().replace(" book", "").replace(" regular", "")
+        for ch in string.ascii_letters:
+            ink = Image.new("L", (192, 192), 0)
+            ImageDraw.Draw(ink).text((48, 24), ch, font=font, fill=255)
+            box = ink.getbbox()
+            glyph = ink.crop(box)
+            scale = 26 / max(glyph.size)
+            glyph = glyph.resize((max(1, round(glyph.width * scale)), max(1, round(glyph.height * scale))),
+                                 Image.LANCZOS)
+            canvas = Image.new("L", (SIZE, SIZE), 0)
+            canvas.paste(glyph, ((SIZE - glyph.width) // 2, (SIZE - glyph.height) // 2))
+            fn = f"images/{key}-{ord(ch):03d}.png"
+            Image.eval(canvas, lambda v: 255 - v).convert("RGB").save(out / fn)
+            case = "capital" if ch.isupper() else "small"
+            cap = random.Random(f"{key}{ch}").choice(LETTER_CAPTIONS).format(case=case, c=ch.lower(), face=face)
+            records.append({"filename": fn, "caption": cap, "label": string.ascii_lowercase.index(ch.lower()),
+                            "label_name": ch.lower(), "face": face})
+            face_of.append(key)
+    faces = sorted(fonts)
+    random.Random(0).shuffle(faces)
+    test, val = set(faces[:6]), set(faces[6:9])
+    split = {"train": [i for i, f in enumerate(face_of) if f not in test | val],
+             "val": [i for i, f in enumerate(face_of) if f in val],
+             "test": [i for i, f in enumerate(face_of) if f in test]}
+    return _write(out, "letters", records, split, {
+        "source": f"matplotlib wheel {Path(wheel[-1]).name}: mpl-data/fonts/ttf ({len(fonts)} faces)",
+        "task": "zeroshot", "classnames": list(string.ascii_lowercase), "templates": LETTER_ZS_TEMPLATES,
+        "faces": {"test": sorted(test), "val": sorted(val)}})
+
+
 def build_all(cache: str | Path, wheels: str | Path) -> dict[str, Path]:
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
-    return {"digits": build_digits(cache, Path(wheels)), "emoji": build_emoji(cache)}
+    return {"digits": build_digits(cache, Path(wheels)), "emoji": build_emoji(cache),
+            "letters": build_letters(cache, Path(wheels))}
 
 
 def load_split(root: Path, part: str) -> list[dict]:

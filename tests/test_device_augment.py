@@ -299,3 +299,19 @@ def test_gpu_step_check_loader_fed_smoke_on_cpu():
                           "method.simsiam_proj_dim=32", "method.simsiam_pred_dim=16", "model.text.context_length=16"])
     assert result["data"] == "manifest" and result["losses_finite"] and result["fps"] > 0
     assert not Path(result["manifest"]).exists()  # the generated JPEGs are removed
+
+
+@pytest.mark.parametrize("method", ["clip", "declip"])
+def test_data_crop_scale_replaces_the_reference_crop_range(tmp_path, method):
+    from declip.train.trainer import Trainer
+    from declip.data.views import REFERENCE_CROP_SCALE
+    from helpers import tiny_config
+
+    default = Trainer(tiny_config(f"method.name={method}", f"train.output_dir={tmp_path / 'a'}"))
+    expected = REFERENCE_CROP_SCALE["clip" if method == "clip" else "mocov2"]
+    assert tuple(default.loader.dataset.views.crop.scale) == expected
+    default.close()
+    custom = Trainer(tiny_config(f"method.name={method}", "data.crop_scale=[0.9, 1.0]",
+                                 f"train.output_dir={tmp_path / 'b'}"))
+    assert tuple(custom.loader.dataset.views.crop.scale) == (0.9, 1.0)
+    custom.close()

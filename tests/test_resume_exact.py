@@ -21,7 +21,7 @@ from declip.train.checkpoint import list_checkpoints, load_checkpoint
 from helpers import last_logged_step, raw_metrics, write_tiny_config
 
 STEPS = 8
-TIMING_KEYS = {"time", "images_per_s", "data_wait"}  # wall-clock values: the only ones allowed to differ
+TIMING_KEYS = {"time", "images_per_s", "data_wait", "step_time_s", "tflops", "mfu"}  # wall-clock values: the only ones allowed to differ
 
 
 def write_config(path: Path, out: Path, method: str) -> Path:

@@ -97,6 +97,9 @@ class DataConfig:
     max_skip_rate: float = 0.05  # stop the run when more than this share of samples is unusable
     pin_memory: bool = True
     index_dir: str = ""  # where byte-offset indexes go ("" = beside the data file, else ~/.cache/declip/index)
+    # RandomResizedCrop area range [min, max] of the training views; [] = the reference's for the method's views
+    # (0.5-1 for CLIP's and method.augment=clip, 0.2-1 for MoCo v2's). open_clip's own training uses 0.9-1.
+    crop_scale: list[float] = field(default_factory=list)
 
     def validate(self, check: Check) -> None:
         check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
@@ -104,6 +107,8 @@ class DataConfig:
         check(len(self.csv_separator) == 1 or self.csv_separator == "\\t", "data.csv_separator",
               "must be one character (a tab, ',', ...; the two characters \\t also mean a tab)")
         check(self.builtin_size > 0, "data.builtin_size", "must be > 0")
+        check(self.crop_scale == [] or (len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1]
+                                        <= 1), "data.crop_scale", "[] or [min, max] with 0 < min <= max <= 1")
         if self.source in ("manifest", "csv", "webdataset"):
             check(bool(self.path), "data.path", f"data.source={self.source} needs a path")
         if self.source == "manifest":
@@ -197,6 +202,8 @@ class TrainConfig:
     channels_last: bool = False  # ResNet towers: weights and images in channels_last (faster convs on GPU)
     sync_bn: bool = False  # SyncBatchNorm across ranks (ResNet tower + SimSiam heads); CUDA only
     dist_timeout_s: int = 3600  # process-group timeout: must outlast rank 0's evaluation while others wait
+    peak_tflops: float = 0.0  # one device's peak at train.precision, for the logged MFU; 0 = declip's table by
+    # device name (train/mfu.py; none for CPUs and unlisted devices: then only the achieved TFLOP/s is logged)
 
     def validate(self, check: Check) -> None:
         check(self.steps > 0, "train.steps", "must be > 0")
@@ -207,6 +214,7 @@ class TrainConfig:
         check(self.keep_last >= 1, "train.keep_last", "must be >= 1")
         check(self.max_nonfinite_skips >= 0, "train.max_nonfinite_skips", "must be >= 0")
         check(self.dist_timeout_s >= 60, "train.dist_timeout_s", "must be >= 60 seconds")
+        check(self.peak_tflops >= 0, "train.peak_tflops", "must be >= 0 (0 = from the device table)")
         check(bool(self.output_dir), "train.output_dir", "must not be empty")
         check(bool(self.device) and self.device.replace("_", "").isalnum(), "train.device",
               "auto, cpu or a torch device type such as cuda, xpu or npu")

@@ -37,6 +37,7 @@ class DataSpec:
     n_views: int = 1
     augment: str = "clip"  # clip | mocov2
     text: TextSpec = TextSpec()
+    crop_scale: tuple[float, float] | None = None  # RandomResizedCrop area range; None = the augment's reference
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -77,7 +78,8 @@ class PairDataset(Dataset):
 
     def __init__(self, source: Source, spec: DataSpec, image_size: int, seed: int = 0, views=None):
         self.source, self.spec, self.seed = source, spec, seed
-        self.views = views if views is not None else build_train_views(spec.augment, image_size, spec.n_views)
+        self.views = views if views is not None else build_train_views(spec.augment, image_size, spec.n_views,
+                                                                          spec.crop_scale)
         self.text = TextPipeline(spec.text)
 
     def __len__(self) -> int:

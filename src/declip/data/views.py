@@ -200,11 +200,16 @@ class CropViews:
         return out
 
 
-def build_train_views(augment: str, size: int, n_views: int) -> CropViews:
+REFERENCE_CROP_SCALE = {"mocov2": (0.2, 1.0), "clip": (0.5, 1.0)}
+
+
+def build_train_views(augment: str, size: int, n_views: int,
+                      crop_scale: tuple[float, float] | None = None) -> CropViews:
     """The CPU stage for a method's ``DataSpec.augment``: ``mocov2`` = RRC(0.2-1) + flip + MoCo v2 colour/blur
-    parameters; ``clip`` = RRC(0.5-1) only (the device stage just normalises)."""
+    parameters; ``clip`` = RRC(0.5-1) only (the device stage just normalises). ``crop_scale`` replaces the
+    reference's crop area range (``data.crop_scale``)."""
     if augment == "mocov2":
-        return CropViews(size, n_views, (0.2, 1.0), ViewAugment())
+        return CropViews(size, n_views, crop_scale or REFERENCE_CROP_SCALE[augment], ViewAugment())
     if augment == "clip":
-        return CropViews(size, n_views, (0.5, 1.0))
+        return CropViews(size, n_views, crop_scale or REFERENCE_CROP_SCALE[augment])
     raise ValueError(f"unknown augment {augment!r} (clip | mocov2)")

@@ -86,7 +86,8 @@ class StepClock:
         self.laps.append((step - self.step, seconds, self.wait, global_batch))
         steps, wait = step - self.step, self.wait
         self.t, self.step, self.wait, self.paused = now, step, 0.0, 0.0
-        return {"images_per_s": global_batch * steps / seconds, "data_wait": wait / seconds}
+        return {"images_per_s": global_batch * steps / seconds, "data_wait": wait / seconds,
+                "step_time_s": seconds / max(steps, 1)}
 
     def summary(self, window: int = 100) -> dict[str, float]:
         """FPS over the last ``window`` steps (whole log intervals): the performance-mode figure."""

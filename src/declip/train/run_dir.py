@@ -22,7 +22,7 @@ SHAPE_PREFIXES = ("model.", "method.name", "method.simsiam_proj_dim", "method.si
                   "method.queue_size")
 FREE_PREFIXES = ("train.steps", "train.log_every", "train.ckpt_every", "train.keep_last", "train.progress",
                  "train.tensorboard", "train.output_dir", "train.dist_timeout_s", "train.max_nonfinite_skips",
-                 "train.mode", "train.compile", "train.grad_checkpointing", "train.channels_last",
+                 "train.peak_tflops", "train.mode", "train.compile", "train.grad_checkpointing", "train.channels_last",
                  "data.num_workers", "data.pin_memory", "data.index_dir", "eval.")
 RUN_FILES = ("metrics.jsonl", "tensorboard", "config.yaml", "train.log")
 

@@ -8,6 +8,7 @@ checked in ``__init__`` before the model is built.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import random
 import signal
@@ -32,6 +33,7 @@ from .accel import autocast, effective_precision, prepare_method, scaled_step, w
 from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_best, save_checkpoint, set_rng_state
 from .health import NonFiniteGuard, SkipRateGuard, nonfinite_weights
 from .metrics import MetricMeter, MetricsWriter, StepClock, log, setup_logging
+from .mfu import StepFlops, device_peak_tflops
 from .optim import build_optimizer, lr_at, set_lr
 from .preflight import check_eval_paths
 from .run_dir import check_resume_config, resume_path
@@ -74,6 +76,8 @@ class Trainer:
             self._restore(path, state, changes)
 
         spec = self.method.data_spec(cfg)
+        if cfg.data.crop_scale:  # the user's crop range replaces the method's reference one
+            spec = dataclasses.replace(spec, crop_scale=tuple(cfg.data.crop_scale))
         dataset = PairDataset(source, spec, cfg.model.vision.image_size, tr.seed)
         self.device_stage = build_device_stage(spec, cfg.model.vision.image_size)  # uint8 crops -> augmented,
         # normalised views, batched on the training device (the workers only decode and crop)
@@ -85,6 +89,7 @@ class Trainer:
         self.writer = MetricsWriter(self.out, tr.tensorboard, enabled=self.info.is_main,
                                     resume_step=self.step)  # drops records a killed run logged past it
         self.meter, self.clock = MetricMeter(), StepClock(self.step)
+        self.flops = StepFlops(device_peak_tflops(self.device, self.precision, tr.peak_tflops))
         self.lr_scale = cfg.optim.lr_scale(tr.batch_size * tr.grad_accum * self.info.world_size)
         if self.info.is_main:
             self._write_config(keep_previous=state is not None)
@@ -239,16 +244,17 @@ class Trainer:
         non-finite."""
         accum = self.cfg.train.grad_accum
         values: dict[str, torch.Tensor] = {}
-        for micro in range(accum):
-            batch = next(batches)
-            last = micro == accum - 1
-            with (nullcontext() if last or not isinstance(self.model, DDP) else self.model.no_sync()):
-                with autocast(self.precision, self.device.type):
-                    losses, metrics = self.model(batch)
-                loss = sum(losses.values()) / accum
-                self.scaler.scale(loss).backward()  # even a non-finite one: every rank runs the same collectives
-            for k, v in {"loss": loss * accum, **{f"loss/{k}": v for k, v in losses.items()}, **metrics}.items():
-                values[k] = values.get(k, 0.0) + torch.as_tensor(v, device=self.device).detach().float() / accum
+        with self.flops.count():  # the first step's model FLOPs, for MFU; free afterwards
+            for micro in range(accum):
+                batch = next(batches)
+                last = micro == accum - 1
+                with (nullcontext() if last or not isinstance(self.model, DDP) else self.model.no_sync()):
+                    with autocast(self.precision, self.device.type):
+                        losses, metrics = self.model(batch)
+                    loss = sum(losses.values()) / accum
+                    self.scaler.scale(loss).backward()  # even non-finite: every rank runs the same collectives
+                for k, v in {"loss": loss * accum, **{f"loss/{k}": v for k, v in losses.items()}, **metrics}.items():
+                    values[k] = values.get(k, 0.0) + torch.as_tensor(v, device=self.device).detach().float() / accum
         finite = torch.isfinite(values["loss"])
         if not self.scaler.is_enabled():  # fp16's scaler finds inf gradients itself and skips the update
             finite = finite & torch.isfinite(self._grad_norm())
@@ -278,7 +284,8 @@ class Trainer:
         values = self.meter.reduce(self.device)
         tr = self.cfg.train
         timing = self.clock.lap(self.step, self.device, tr.batch_size * tr.grad_accum * self.info.world_size)
-        record = {**values, "lr": lr, **timing, "skipped_samples": self.skips.total,
+        record = {**values, "lr": lr, **timing, **self.flops.rates(timing["step_time_s"]),
+                  "skipped_samples": self.skips.total,
                   "nonfinite_steps": self.nonfinite.total}
         if self.scaler.is_enabled():
             record.update(amp_scale=float(self.scaler.get_scale()), amp_overflow_steps=self.meter.amp_overflows)
