@@ -52,7 +52,8 @@ SMALL_DATA = HERE.parent / "configs" / "declip_small_data.yaml"
 # name -> (method, extra overrides, use the small-data config file)
 VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     "openclip": ("openclip", [], False),
-    "clip": ("clip", [], False),
+    "clip": ("clip", [], False),  # the reference's CLIP baseline augmentation: RandomResizedCrop(0.5-1)
+    "clip-crop09": ("clip", ["data.crop_scale=[0.9,1.0]"], False),  # open_clip's crop range (0.9-1)
     "declip": ("declip", ["method.queue_size=4096", "method.simsiam_proj_dim=256", "method.simsiam_pred_dim=64"],
                False),
     "declip-ref": ("declip", [], False),  # reference head/queue sizes (65,536; 1,024/512)
@@ -64,6 +65,7 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     "declip-no-mv": ("declip", ["method.queue_size=4096", "method.simsiam_proj_dim=256",
                                 "method.simsiam_pred_dim=64", "method.multi_view=false"], False),
     "declip-small": ("declip", [], True),
+    "declip-small-crop09": ("declip", ["data.crop_scale=[0.9,1.0]"], True),
 }
 
 

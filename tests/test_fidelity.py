@@ -82,6 +82,16 @@ def test_small_data_config_loads_and_differs_from_the_reference_only_where_docum
     assert m.simsiam_weight == 0 and m.mlm_weight == 0 and m.clip_weight > 0 and m.nn_weight > 0
     for key in ("augment", "simsiam_weight", "mlm_weight", "clip_weight", "nn_weight", "queue_size"):
         assert key in yaml.safe_load(path.read_text())["method"]
+    assert cfg.data.crop_scale == [0.9, 1.0]  # open_clip's crop, chosen on the learning benchmark's val split
+
+
+@pytest.mark.parametrize("path", REFERENCE_CONFIGS, ids=lambda p: p.name)
+def test_reference_configs_keep_the_reference_crop_ranges(path):
+    from declip.data.views import REFERENCE_CROP_SCALE
+
+    cfg = load_config(path)
+    assert cfg.data.crop_scale == []  # each method's own: CLIP 0.5-1, DeCLIP's MoCo v2 views 0.2-1
+    assert REFERENCE_CROP_SCALE == {"clip": (0.5, 1.0), "mocov2": (0.2, 1.0)}
 
 
 def _batch(cfg, b=4):
