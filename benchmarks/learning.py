@@ -8,14 +8,15 @@ Data: benchmarks/learning_data.py builds the real sets (scikit-learn's handwritt
 glyphs named by their Unicode names, the Latin letters of matplotlib's 22 typefaces) into a cache folder
 outside git.
 
-Recipe (issue 12), identical for every model: tiny towers (ViT 4 x 128, patch 8, 32 px; text 4 x 128, heads 2,
-context 32; embed 128), AdamW lr 5e-4, weight decay 0.1, cosine with 10% warm-up, 300 steps x batch 64, one CPU
-thread. Each "ours" run goes through the real CLI path: config -> trainer -> checkpoint -> ``declip export``
-(open_clip local-dir) -> ``open_clip.create_model_and_transforms``; the open_clip peer is ``open_clip.model.CLIP``
-trained by this file with ``open_clip.loss.ClipLoss`` and open_clip's training defaults (its train transform,
-AdamW betas/eps, warm-up from 0, parameter clamp of the logit scale). Every model is then scored by the same
-code (``score``): open_clip's eval transform with the model's own mean/std, declip.eval.zeroshot for
-zero-shot, a local recall@k for retrieval.
+Recipe (issue 12), identical for every model except each variant's augmentation (the training crop range is
+the one factor that the ``clip`` / ``clip-crop09`` pair changes): tiny towers (ViT 4 x 128, patch 8, 32 px;
+text 4 x 128, heads 2, context 32; embed 128), AdamW lr 5e-4, weight decay 0.1, cosine with 10% warm-up,
+300 steps x batch 64, one CPU thread. Each "ours" run goes through the real CLI path: config -> trainer ->
+checkpoint -> ``declip export`` (open_clip local-dir) -> ``open_clip.create_model_and_transforms``; the
+open_clip peer is ``open_clip.model.CLIP`` trained by this file with ``open_clip.loss.ClipLoss`` and open_clip's
+training defaults (its train transform, AdamW betas/eps, warm-up from 0, parameter clamp of the logit scale).
+Every model is then scored by the same code (``score``): open_clip's eval transform with the model's own
+mean/std, declip.eval.zeroshot for zero-shot, a local recall@k for retrieval.
 
 Writes benchmarks/results/learning.md (mean +- std per cell) and learning.json (every run's numbers).
 """

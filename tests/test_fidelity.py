@@ -134,3 +134,15 @@ def test_augment_knob_picks_the_view_pipeline():
         cfg = load_config(None, ["method.name=declip", f"method.augment={aug}"])
         assert method_class("declip").data_spec(cfg).augment == aug
     assert load_config(None).method.augment == "mocov2"  # default: the reference views
+
+
+@pytest.mark.parametrize("warmup", [0, 2])
+def test_nn_supervision_waits_for_its_warmup_steps(warmup):
+    cfg = load_config(None, ["method.name=declip", *TINY_RN, f"method.nn_warmup_steps={warmup}",
+                             "method.mlm_weight=0", "method.simsiam_weight=0"])
+    _, batch = _batch(cfg)
+    method = build_method(cfg).eval()
+    for step in range(3):
+        losses, _ = method(batch)
+        assert ("nn" in losses) == (step >= warmup), step
+        method.after_step()

@@ -105,7 +105,8 @@ class DeCLIP(Method):
             if self.training:
                 self.queue.enqueue(t_aug)
                 self.queue.enqueue(t)
-            if int(self.steps_done) >= self.cfg.method.nn_warmup_steps:
+            warmup = self.cfg.method.nn_warmup_steps  # int(steps_done) waits for the device: only read it if needed
+            if warmup == 0 or int(self.steps_done) >= warmup:
                 nn_t = Gathered(nn_t, with_grad=False, gather=gather).all
                 nn_ta = Gathered(nn_ta, with_grad=False, gather=gather).all
                 loss = sum(0.5 * (self.nn_loss(i, nn_t, offset, scale) + self.nn_loss(i, nn_ta, offset, scale))
