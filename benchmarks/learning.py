@@ -65,8 +65,8 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
                                 "method.nn_weight=0"], False),
     "declip-no-mv": ("declip", ["method.queue_size=4096", "method.simsiam_proj_dim=256",
                                 "method.simsiam_pred_dim=64", "method.multi_view=false"], False),
-    "declip-small": ("declip", [], True),
-    "declip-small-crop09": ("declip", ["data.crop_scale=[0.9,1.0]"], True),
+    "declip-small": ("declip", [], True),  # configs/declip_small_data.yaml as shipped (crops 0.9-1)
+    "declip-small-crop05": ("declip", ["data.crop_scale=[0.5,1.0]"], True),  # its first version (crops 0.5-1)
 }
 
 
