@@ -97,13 +97,20 @@ def test_missing_eval_file_fails_at_start(tmp_path):
     assert not list_checkpoints(tmp_path / "run")
 
 
+def _foreground_sigint() -> None:
+    """SIGINT as a terminal's foreground job has it. A test run launched as a background job of a script
+    (``cmd &``) inherits SIGINT *ignored*, and Python then installs no KeyboardInterrupt handler: Ctrl-C could
+    not reach the run at all, which is the shell's doing, not declip's."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_ctrl_c_ends_the_run_with_workers(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "declip.cli", "train", *TINY, f"train.output_dir={tmp_path / 'run'}",
            "data.num_workers=2", "train.steps=100000", "train.device=cpu", "eval.builtin=false"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_foreground_sigint)
     deadline = time.monotonic() + HANG_LIMIT_S
     metrics = tmp_path / "run" / "metrics.jsonl"
     while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
