@@ -11,7 +11,7 @@ Nothing here is generated: the images and their texts come from packages on PyPI
   single-code-point emoji the font draws, rendered at its bitmap size and resized to 32 px; the caption is
   the code point's Unicode name (``unicodedata.name``, lower-cased: "dog face", "sun behind cloud").
   Task: image->text recall@1 (and text->image) over the held-out images and their own captions.
-* ``letters`` -- the 52 Latin letters as drawn by 23 real typefaces shipped in matplotlib's wheel (``pip download
+* ``letters`` -- the 52 Latin letters as drawn by 22 real typefaces shipped in matplotlib's wheel (``pip download
   matplotlib --no-deps``; not installed or imported): DejaVu Sans / Sans Mono / Serif, STIX General and Donald
   Knuth's Computer Modern, each face black on white, centred at 32 px. The caption names the letter, its case
   and the face from the font's own name table ("the capital letter g in STIX General bold italic"). Split by
