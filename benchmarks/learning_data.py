@@ -62,14 +62,21 @@ def _write(out: Path, name: str, records: list[dict], split: dict[str, list[int]
     return out
 
 
+def _newest_wheel(wheels: Path, dist: str, project: str) -> Path:
+    """The newest downloaded wheel of ``project`` (file names use the ``dist`` spelling): its data is read
+    straight from the zip, the package is never installed."""
+    found = sorted(glob.glob(str(wheels / f"{dist}-*.whl")))
+    if not found:
+        raise FileNotFoundError(f"no {project} wheel in {wheels}: pip download {project} --no-deps -d {wheels}")
+    return Path(found[-1])
+
+
 def build_digits(cache: Path, wheels: Path) -> Path:
     out = cache / "digits"
     if (out / "meta.json").is_file():
         return out
-    wheel = sorted(glob.glob(str(wheels / "scikit_learn-*.whl")))
-    if not wheel:
-        raise FileNotFoundError(f"no scikit-learn wheel in {wheels}: pip download scikit-learn --no-deps -d {wheels}")
-    with zipfile.ZipFile(wheel[-1]) as z:
+    wheel = _newest_wheel(wheels, "scikit_learn", "scikit-learn")
+    with zipfile.ZipFile(wheel) as z:
         raw = gzip.decompress(z.read("sklearn/datasets/data/digits.csv.gz")).decode()
     data = np.array([[float(v) for v in line.split(",")] for line in raw.strip().splitlines()])
     pixels, labels = data[:, :64].reshape(-1, 8, 8), data[:, 64].astype(int)
@@ -95,7 +102,7 @@ def build_digits(cache: Path, wheels: Path) -> Path:
     for v in split.values():
         v.sort()
     return _write(out, "digits", records, split, {
-        "source": f"scikit-learn wheel {Path(wheel[-1]).name}: sklearn/datasets/data/digits.csv.gz",
+        "source": f"scikit-learn wheel {wheel.name}: sklearn/datasets/data/digits.csv.gz",
         "task": "zeroshot", "classnames": DIGIT_WORDS, "templates": DIGIT_ZS_TEMPLATES})
 
 
@@ -146,10 +153,8 @@ def build_letters(cache: Path, wheels: Path) -> Path:
     out = cache / "letters"
     if (out / "meta.json").is_file():
         return out
-    wheel = sorted(glob.glob(str(wheels / "matplotlib-*.whl")))
-    if not wheel:
-        raise FileNotFoundError(f"no matplotlib wheel in {wheels}: pip download matplotlib --no-deps -d {wheels}")
-    with zipfile.ZipFile(wheel[-1]) as z:
+    wheel = _newest_wheel(wheels, "matplotlib", "matplotlib")
+    with zipfile.ZipFile(wheel) as z:
         names = sorted(n for n in z.namelist() if n.startswith("matplotlib/mpl-data/fonts/ttf/") and (
             (n.split("/")[-1].startswith(("DejaVu", "STIXGeneral")) and "Display" not in n)
             or n.split("/")[-1][:-4] in CM_FACES))
@@ -184,7 +189,7 @@ def build_letters(cache: Path, wheels: Path) -> Path:
              "val": [i for i, f in enumerate(face_of) if f in val],
              "test": [i for i, f in enumerate(face_of) if f in test]}
     return _write(out, "letters", records, split, {
-        "source": f"matplotlib wheel {Path(wheel[-1]).name}: mpl-data/fonts/ttf ({len(fonts)} faces)",
+        "source": f"matplotlib wheel {wheel.name}: mpl-data/fonts/ttf ({len(fonts)} faces)",
         "task": "zeroshot", "classnames": list(string.ascii_lowercase), "templates": LETTER_ZS_TEMPLATES,
         "faces": {"test": sorted(test), "val": sorted(val)}})
 
