@@ -52,8 +52,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
 "$PYTHON" benchmarks/gpu_step_check.py --device cpu "${TINY[@]}" --steps 1 --warmup 1 --data manifest \
   --images 16 --num-workers 2 > /dev/null
 echo "CPU smoke runs passed"
-if [ "$DEVICE" = cuda ] && "$PYTHON" -c "import pytest" 2>/dev/null; then  # the device stage on CUDA == on the CPU
-  "$PYTHON" -m pytest -p no:cacheprovider -q tests/test_device_augment.py -k cuda
+if [ "$DEVICE" = cuda ] && "$PYTHON" -c "import pytest" 2>/dev/null; then
+  # the device stage on CUDA == on the CPU; a CUDA step makes no host sync outside logging (set_sync_debug_mode)
+  "$PYTHON" -m pytest -p no:cacheprovider -q tests/test_device_augment.py tests/test_no_host_sync.py -k "cuda"
 fi
 
 if [ "${QUICK:-0}" = 1 ]; then  # a dry run of the GPU part's plumbing with tiny settings

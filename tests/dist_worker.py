@@ -115,7 +115,9 @@ def main(out_dir: str) -> None:
     info = dist.init_distributed(torch.device("cpu"), timeout_s=120)
     try:
         result = {"master_addr": os.environ.get("MASTER_ADDR"), "world_size": dist.get_world_size(),
-                  "rank": dist.get_rank()}
+                  "rank": dist.get_rank(),
+                  # a preemption signal seen by one rank stops all (the trainer asks at every step, on the host)
+                  "any_rank": [dist.any_rank(info.rank == 1), dist.any_rank(False), dist.any_rank(True)]}
         for name in CASES:
             cfg, method, model = build_case(name, info.world_size)
             full = make_batch(cfg, PER_RANK * info.world_size)

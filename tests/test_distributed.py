@@ -88,6 +88,7 @@ def test_slurm_rendezvous_found_first_host(two_ranks):
     _, ranks = two_ranks
     assert [r["rank"] for r in ranks] == [0, 1]
     assert all(r["world_size"] == 2 and r["master_addr"] == "localhost" for r in ranks)
+    assert [r["any_rank"] for r in ranks] == [[True, False, True]] * 2  # rank 1's flag reaches rank 0
 
 
 @pytest.mark.parametrize("name", list(CASES))

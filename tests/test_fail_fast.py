@@ -126,9 +126,10 @@ def test_ctrl_c_ends_the_run_with_workers(tmp_path):
 
 
 # --------------------------------------------------------------------------------- 2. non-finite
-def test_inf_counts_and_consecutive_skips_stop_naming_the_checkpoint(tiny_cfg, tmp_path):
+@pytest.mark.parametrize("fused", ["optim.fused=false", "optim.fused=true"])  # host / device skip
+def test_inf_counts_and_consecutive_skips_stop_naming_the_checkpoint(tiny_cfg, tmp_path, fused):
     cfg = tiny_cfg("method.name=clip", "train.steps=20", "train.ckpt_every=2", "train.max_nonfinite_skips=2",
-                   "eval.builtin=false")
+                   "eval.builtin=false", "train.log_every=5", fused)
     from declip.methods.clip import CLIP
 
     real = CLIP.forward

@@ -144,5 +144,21 @@ def test_nn_supervision_waits_for_its_warmup_steps(warmup):
     method = build_method(cfg).eval()
     for step in range(3):
         losses, _ = method(batch)
-        assert ("nn" in losses) == (step >= warmup), step
+        assert (float(losses["nn"].detach()) != 0.0) == (step >= warmup), step  # held at 0 on the device, no `if`
         method.after_step()
+
+
+def test_nn_exclude_self_never_picks_the_pairs_own_caption():
+    """Small-data knob: the queue remembers whose caption each entry is; a pair's neighbour is another pair's."""
+    cfg = load_config(None, ["method.name=declip", *TINY_RN, "method.nn_exclude_self=true", "method.queue_size=8",
+                             "method.mlm_weight=0", "method.simsiam_weight=0"])
+    _, batch = _batch(cfg)
+    batch["index"] = torch.tensor([10, 11, 12, 13])
+    method = build_method(cfg).train()
+    method(batch)  # fills the bank: the 4 EDA captions, then the 4 captions
+    assert method.queue.ids.tolist() == [10, 11, 12, 13] * 2
+    t = torch.nn.functional.normalize(method.clip.encode_text(batch["text"]), dim=-1).detach()
+    own = method.queue.bank[4:]  # the captions' own (just enqueued) features
+    assert torch.allclose(method.queue.nearest(t), own, atol=1e-5)  # without ids: always itself
+    picked = method.queue.nearest(t, batch["index"])
+    assert not any(torch.allclose(picked[i], own[i], atol=1e-5) for i in range(4))

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from declip.losses.contrastive import Gathered, ImageToTextInfoNCE, SymmetricInfoNCE
 from declip.losses.mlm import MLMLoss
+from declip.vocab import masked_positions
 from declip.losses.simsiam import SimSiamLoss
 
 
@@ -59,6 +60,19 @@ def test_mlm_loss_only_at_masked_positions():
     expected = (F.cross_entropy(head(tokens[0, 1:2]), torch.tensor([3]))
                 + F.cross_entropy(head(tokens[1, 0:1]), torch.tensor([1]))) / 2
     assert abs(loss.item() - expected.item()) < 1e-6
+    index = masked_positions(labels)  # what the collate function hands the loss (no mask selection on device)
+    assert index.tolist() == [1, 3]
+    assert torch.equal(MLMLoss()(tokens, labels, head, index)[0], loss)
+
+
+def test_collate_carries_the_masked_positions():
+    from declip.data.loader import collate
+
+    sample = {"text": torch.zeros(3, dtype=torch.long), "skips": torch.zeros(6, dtype=torch.long),
+              "skip_examples": []}
+    batch = collate([{**sample, "mlm_labels": torch.tensor([-100, 7, -100])},
+                     {**sample, "mlm_labels": torch.tensor([5, -100, 9])}])
+    assert batch["mlm_index"].tolist() == [1, 3, 5]
 
 
 def test_mlm_loss_without_masked_tokens_is_zero_not_nan():

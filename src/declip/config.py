@@ -126,6 +126,8 @@ class MethodConfig:
     mask_prob: float = 0.15
     queue_size: int = 65536
     nn_warmup_steps: int = 0
+    nn_exclude_self: bool = False  # small data: a caption's nearest neighbour is never its own older copy (see
+    # losses/nn_queue.py; at YFCC15M scale the queue never holds the sample itself, so the reference needs none)
     simsiam_proj_dim: int = 1024
     simsiam_pred_dim: int = 512
     eda_ops: list[EdaOp] = field(default_factory=lambda: list(DEFAULT_EDA_OPS))
@@ -157,6 +159,9 @@ class OptimConfig:
     eps: float = 1e-8
     weight_decay: float = 0.1
     grad_clip: float = 0.0  # 0 = off (reference behaviour)
+    # fused AdamW (one kernel; the same math): auto = on CUDA. A fused optimizer also lets a non-finite step be
+    # skipped on the device (train.nonfinite=skip), without the host waiting for the device at every step
+    fused: Literal["auto", True, False] = "auto"
     # lr, warmup_start_lr and min_lr are for a global batch of base_batch; other batches scale them by
     # (global batch / base_batch) ** 1/2 (sqrt) or ** 1 (linear). none: used as written (the recipe configs).
     lr_scaling: Literal["none", "sqrt", "linear"] = "none"

@@ -129,9 +129,14 @@ def barrier() -> None:
         dist.barrier()
 
 
+_host_group = None  # any_rank's CPU group, created on first use
+
+
 def cleanup() -> None:
+    global _host_group
     if is_dist():
-        dist.destroy_process_group()
+        dist.destroy_process_group()  # the host group with it
+    _host_group = None
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -187,3 +192,17 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
         values = values.clone()
         dist.all_reduce(values)
     return values
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is True on any: a host-side flag (a preemption signal) agreed on
+    every step without touching the accelerator. It goes through a CPU (gloo) group: an all-reduce on the
+    training device would make the host wait for the device's queue to drain, every step."""
+    if not is_dist() or get_world_size() == 1:
+        return flag
+    global _host_group
+    if _host_group is None:  # every rank creates it at the same call (the first step)
+        _host_group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+    value = torch.tensor([float(flag)])
+    dist.all_reduce(value, group=_host_group)
+    return bool(value.item() > 0)

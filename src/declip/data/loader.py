@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import DataQualityError
+from ..vocab import masked_positions
 from .device_augment import augment_plan
 from .errors import SKIP_REASONS, BadSample
 from .seeding import epoch_seed, item_seed
@@ -121,6 +122,8 @@ def collate(samples: list[dict]) -> dict:
     batch["skip_examples"] = [e for s in samples for e in s["skip_examples"]][:MAX_EXAMPLES]
     if "aug_params" in batch:  # which views the device stage's subset ops touch, known here on the CPU
         batch["aug_index"], batch["aug_counts"] = augment_plan(batch["aug_params"])
+    if "mlm_labels" in batch:  # the masked positions, known here: the MLM loss gathers them without a sync
+        batch["mlm_index"] = masked_positions(batch["mlm_labels"])
     return batch
 
 

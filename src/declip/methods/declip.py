@@ -39,7 +39,8 @@ class DeCLIP(Method):
             self.mlm_head = MLMHead(cfg.model.text.width, cfg.model.text.vocab_size)
             self.mlm = MLMLoss()
         if self.w["nn"] > 0:
-            self.queue = NearestNeighborQueue(m.queue_size, d, seed=cfg.train.seed + get_rank())
+            self.queue = NearestNeighborQueue(m.queue_size, d, seed=cfg.train.seed + get_rank(),
+                                              track_ids=m.nn_exclude_self)
             self.nn_loss = ImageToTextInfoNCE()
         assert cfg.model.text.vocab_size >= VOCAB_SIZE
 
@@ -96,21 +97,23 @@ class DeCLIP(Method):
             metrics["simsiam_raw"] = loss.detach()
 
         if w["mlm"] > 0:
-            loss, acc = self.mlm(tokens[:b], batch["mlm_labels"], self.mlm_head)
+            loss, acc = self.mlm(tokens[:b], batch["mlm_labels"], self.mlm_head, batch.get("mlm_index"))
             losses["mlm"] = w["mlm"] * loss
             metrics["mlm_raw"], metrics["mlm_acc"] = loss.detach(), acc
 
         if w["nn"] > 0:
-            nn_t, nn_ta = self.queue.nearest(t), self.queue.nearest(t_aug)  # bank as it was before this step
+            ids = batch["index"] if self.cfg.method.nn_exclude_self else None  # dataset index of each pair
+            nn_t, nn_ta = self.queue.nearest(t, ids), self.queue.nearest(t_aug, ids)  # the bank before this step
             if self.training:
-                self.queue.enqueue(t_aug)
-                self.queue.enqueue(t)
-            warmup = self.cfg.method.nn_warmup_steps  # int(steps_done) waits for the device: only read it if needed
-            if warmup == 0 or int(self.steps_done) >= warmup:
-                nn_t = Gathered(nn_t, with_grad=False, gather=gather).all
-                nn_ta = Gathered(nn_ta, with_grad=False, gather=gather).all
-                loss = sum(0.5 * (self.nn_loss(i, nn_t, offset, scale) + self.nn_loss(i, nn_ta, offset, scale))
-                           for i in (i1, i2)) / 2
-                losses["nn"] = w["nn"] * loss
-                metrics["nn_raw"] = loss.detach()
+                self.queue.enqueue(t_aug, ids)
+                self.queue.enqueue(t, ids)
+            nn_t = Gathered(nn_t, with_grad=False, gather=gather).all
+            nn_ta = Gathered(nn_ta, with_grad=False, gather=gather).all
+            loss = sum(0.5 * (self.nn_loss(i, nn_t, offset, scale) + self.nn_loss(i, nn_ta, offset, scale))
+                       for i in (i1, i2)) / 2
+            warmup = self.cfg.method.nn_warmup_steps
+            if warmup > 0:  # held back while the bank fills: a 0/1 factor on the device (an `if` would sync)
+                loss = loss * (self.steps_done >= warmup).to(loss.dtype)
+            losses["nn"] = w["nn"] * loss
+            metrics["nn_raw"] = loss.detach()
         return losses, metrics

@@ -6,10 +6,13 @@
   ``train.nonfinite=stop``); so many skips in a row that the run cannot be recovering
   (``train.max_nonfinite_skips``), or a non-finite value that reached a buffer (BatchNorm statistics, the NN
   queue: a skipped update cannot undo that), stop it, naming the step and the last good checkpoint.
+- :class:`DeviceSkip`: the same skip decided on the device, for a fused AdamW (GradScaler's ``found_inf``
+  approach): the optimizer leaves weights, moments and step count as they were when the flag is set, and the
+  host reads the counts only where it acts on them (log, evaluation, checkpoint), not at every step.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -69,6 +72,9 @@ class NonFiniteGuard:
         """Account a skipped step; raise :class:`NonFiniteError` when the run must stop instead."""
         self.total += 1
         self.consecutive += 1
+        self.check(step, what, module, last_checkpoint)
+
+    def check(self, step: int, what: str, module: nn.Module, last_checkpoint: Path | None) -> None:
         resume = (f"last good checkpoint: {last_checkpoint} (resume with --resume latest, e.g. with a lower "
                   "optim.lr)" if last_checkpoint else "no checkpoint written yet")
         if self.policy == "stop":
@@ -80,3 +86,45 @@ class NonFiniteGuard:
         if self.consecutive > self.max_consecutive:
             raise NonFiniteError(f"{what} at step {step}: {self.consecutive} steps in a row skipped (> "
                                  f"train.max_nonfinite_skips={self.max_consecutive}): the run diverged; {resume}")
+
+
+class DeviceSkip:
+    """The non-finite skip without a host sync per step. ``record`` takes the step's all-reduced "bad" flag,
+    hands it to the fused optimizer as ``found_inf`` and keeps, on the device: the skips since the last read,
+    the current run of consecutive skips, the step at which that run first exceeded the limit and the last bad
+    step. ``settle`` reads them in one transfer and applies :class:`NonFiniteGuard`'s rules, so a skip is
+    counted, logged and limited as on the host path, only noticed at the next step where the host acts."""
+
+    def __init__(self, guard: NonFiniteGuard, device: torch.device):
+        self.guard = guard
+        zero = torch.zeros((), dtype=torch.long, device=device)
+        self.new, self.consecutive, self.applied = zero.clone(), zero.clone(), zero + 1
+        self.exceeded_at, self.last_bad = zero - 1, zero - 1
+
+    def record(self, bad: torch.Tensor, step: int, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+        """``bad`` > 0 skips this step. Returns ``applied`` (1 or 0, a device tensor) for the meter and method."""
+        b = (bad.reshape(()) > 0).long()
+        self.new += b
+        self.consecutive = (self.consecutive + 1) * b
+        over = (self.consecutive > self.guard.max_consecutive) & (self.exceeded_at < 0)
+        self.exceeded_at = torch.where(over, step, self.exceeded_at)
+        self.last_bad = torch.where(b.bool(), step, self.last_bad)
+        self.applied = 1 - b
+        optimizer.found_inf = b.float()  # fused AdamW (0-d, as its step counts): no update (and no step count) when set
+        return self.applied
+
+    def settle(self, module: nn.Module, last_checkpoint: Callable[[], Path | None]) -> tuple[bool, int]:
+        """Account the skips since the last call (raising :class:`NonFiniteError` where the host path would
+        have). Returns (whether the latest step updated the weights, the number of new skips)."""
+        new, consecutive, exceeded_at, last_bad, applied = torch.stack(
+            [self.new, self.consecutive, self.exceeded_at, self.last_bad, self.applied]).tolist()
+        self.new.zero_()
+        self.exceeded_at.fill_(-1)
+        guard = self.guard
+        guard.total += new
+        guard.consecutive = guard.max_consecutive + 1 if exceeded_at >= 0 else consecutive
+        if new:
+            guard.check(exceeded_at if exceeded_at >= 0 else last_bad,
+                        f"non-finite loss or gradient ({new} step(s) skipped since the last check, the latest at "
+                        f"step {last_bad})", module, last_checkpoint())
+        return bool(applied), new

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 
 from .. import distributed as dist
+from ..config import Config, from_preset
+from ..metric_names import producible_metrics
 
 log = logging.getLogger("declip")
 
@@ -48,19 +50,43 @@ class MetricMeter:
         self.steps = 0
         self.amp_overflows = 0
 
-    def add(self, values: dict[str, torch.Tensor]) -> None:
+    def add(self, values: dict[str, torch.Tensor], applied: torch.Tensor | None = None) -> None:
+        """``applied`` (0 or 1 on the device): whether the step counts; a skipped (non-finite) step adds nothing,
+        its NaN included, without the host having to know which steps were skipped."""
+        if applied is not None:
+            values = {k: torch.where(applied.bool(), v, torch.zeros_like(v)) for k, v in values.items()}
         for k, v in values.items():
             self.sums[k] = self.sums[k] + v if k in self.sums else v
-        self.steps += 1
+        self.steps = self.steps + (1 if applied is None else applied)
 
     def reduce(self, device: torch.device) -> dict[str, float]:
-        if not self.steps:
+        steps = float(self.steps)  # a device count when skips are decided there: read here, at log steps only
+        if not steps:
             return {}
         keys = sorted(self.sums)
-        mean = torch.stack([self.sums[k].to(device) for k in keys]) / self.steps
+        mean = torch.stack([self.sums[k].to(device) for k in keys]) / steps
         mean = dist.all_reduce_sum(mean) / dist.get_world_size()
         self.sums, self.steps = {}, 0
         return dict(zip(keys, mean.tolist()))
+
+
+def describe_run(cfg: Config, method: torch.nn.Module, device: torch.device, world_size: int,
+                 lr_scale: float) -> None:
+    """What this run is, in the first lines of its log: what a preset chose, the effective lr, and whether
+    anything will be evaluated at all."""
+    tr = cfg.train
+    n_params = sum(p.numel() for p in method.parameters())
+    log.info("method=%s model=%s params=%.1fM device=%s world=%d batch/device=%d output=%s", cfg.method.name,
+             cfg.model.preset, n_params / 1e6, device, world_size, tr.batch_size, tr.output_dir)
+    filled = from_preset(cfg)
+    if filled:
+        log.info("from preset %s: %s", cfg.model.preset, " ".join(f"{k}={v}" for k, v in filled.items()))
+    if lr_scale != 1.0:
+        log.info("optim.lr_scaling=%s: peak lr %.3g (optim.lr %.3g for a global batch of %d, scaled by %.3g)",
+                 cfg.optim.lr_scaling, cfg.optim.lr * lr_scale, cfg.optim.lr, cfg.optim.base_batch, lr_scale)
+    if not producible_metrics(cfg.eval):
+        log.warning("no evaluation task (eval.builtin=false and no eval.val_manifest, retrieval_manifest or "
+                    "probe_*_manifest): nothing will be evaluated and no best.pt written")
 
 
 def synchronize(device: torch.device) -> None:

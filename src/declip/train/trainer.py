@@ -21,18 +21,17 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import distributed as dist
-from ..config import Config, dump_config, from_preset
+from ..config import Config, dump_config
 from ..data.device_augment import build_device_stage
 from ..data.loader import DevicePrefetcher, PairDataset, build_train_loader
 from ..data.sources import build_source
 from ..device import resolve_device
 from ..errors import CheckpointError
 from ..methods import build_method
-from ..metric_names import producible_metrics
 from .accel import autocast, effective_precision, prepare_method, scaled_step, wrap_ddp
 from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_best, save_checkpoint, set_rng_state
-from .health import NonFiniteGuard, SkipRateGuard, nonfinite_weights
-from .metrics import MetricMeter, MetricsWriter, StepClock, log, setup_logging
+from .health import DeviceSkip, NonFiniteGuard, SkipRateGuard, nonfinite_weights
+from .metrics import MetricMeter, MetricsWriter, StepClock, describe_run, log, setup_logging
 from .mfu import StepFlops, device_peak_tflops
 from .optim import build_optimizer, lr_at, set_lr
 from .preflight import check_eval_paths
@@ -62,11 +61,16 @@ class Trainer:
         torch.manual_seed(tr.seed)  # identical initial weights on every rank
         self.method = build_method(cfg).to(self.device)
         prepare_method(self.method, cfg, self.device.type, self.info.world_size)  # before the optimizer and DDP
-        self.optimizer = build_optimizer(self.method, cfg.optim, fused=self.device.type == "cuda")
+        fused = cfg.optim.fused is True or (cfg.optim.fused == "auto" and self.device.type == "cuda")
+        self.optimizer = build_optimizer(self.method, cfg.optim, fused=fused)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.step, self.consumed = 0, 0
         self.skips = SkipRateGuard(cfg.data.max_skip_rate)
         self.nonfinite = NonFiniteGuard(tr.nonfinite, tr.max_nonfinite_skips)
+        # skip a non-finite step on the device (no host sync per step) where the optimizer can take the flag;
+        # fp16's scaler skips its own way, and train.nonfinite=stop must stop at the step itself
+        self.device_skip = (DeviceSkip(self.nonfinite, self.device) if fused and tr.nonfinite == "skip"
+                            and not self.scaler.is_enabled() else None)
         self.best, self.best_step = float("-inf"), -1
         self._rng_to_restore: dict | None = None  # applied once the loader iterator exists (see train())
         self._iterator = None
@@ -93,26 +97,7 @@ class Trainer:
         self.lr_scale = cfg.optim.lr_scale(tr.batch_size * tr.grad_accum * self.info.world_size)
         if self.info.is_main:
             self._write_config(keep_previous=state is not None)
-            self._describe()
-
-    def _describe(self) -> None:
-        """What this run is, in the first lines of its log: what a preset chose, the effective lr, and
-        whether anything will be evaluated at all."""
-        cfg, tr = self.cfg, self.cfg.train
-        n_params = sum(p.numel() for p in self.method.parameters())
-        log.info("method=%s model=%s params=%.1fM device=%s world=%d batch/device=%d output=%s",
-                 cfg.method.name, cfg.model.preset, n_params / 1e6, self.device, self.info.world_size,
-                 tr.batch_size, self.out)
-        filled = from_preset(cfg)
-        if filled:
-            log.info("from preset %s: %s", cfg.model.preset, " ".join(f"{k}={v}" for k, v in filled.items()))
-        if self.lr_scale != 1.0:
-            log.info("optim.lr_scaling=%s: peak lr %.3g (optim.lr %.3g for a global batch of %d, scaled by %.3g)",
-                     cfg.optim.lr_scaling, cfg.optim.lr * self.lr_scale, cfg.optim.lr, cfg.optim.base_batch,
-                     self.lr_scale)
-        if not producible_metrics(cfg.eval):
-            log.warning("no evaluation task (eval.builtin=false and no eval.val_manifest, retrieval_manifest or "
-                        "probe_*_manifest): nothing will be evaluated and no best.pt written")
+            describe_run(cfg, self.method, self.device, self.info.world_size, self.lr_scale)
 
     # ------------------------------------------------------------------------------------------ state
     def _restore(self, path: Path, state: dict, changes: list[str]) -> None:
@@ -156,6 +141,8 @@ class Trainer:
         }
 
     def save(self) -> Path | None:
+        if self.device_skip is not None:  # the saved skip count is the true one
+            self._settle()
         payload = self._payload()  # every rank joins the RNG gather
         path = None
         if self.info.is_main:
@@ -211,6 +198,8 @@ class Trainer:
                 set_lr(self.optimizer, lr)
                 updated = self._train_step(batches)
                 self.step += 1
+                if updated is None:  # decided on the device: read only at a step where the host acts on it
+                    updated = self._settle() if self._host_acts() else True
                 if progress is not None:
                     progress.update(1)
                 if updated and (self.step % tr.log_every == 0 or self.step == tr.steps):
@@ -239,9 +228,9 @@ class Trainer:
             self.skips.add(batch["skips"], self.consumed, batch["skip_examples"])
             yield self.device_stage(batch)
 
-    def _train_step(self, batches) -> bool:
+    def _train_step(self, batches) -> bool | None:
         """Forward/backward over the micro-batches, then one update (True), or a skip (False) if anything is
-        non-finite."""
+        non-finite; None when the skip was decided on the device (``DeviceSkip``: the host does not wait)."""
         accum = self.cfg.train.grad_accum
         values: dict[str, torch.Tensor] = {}
         with self.flops.count():  # the first step's model FLOPs, for MFU; free afterwards
@@ -258,7 +247,15 @@ class Trainer:
         finite = torch.isfinite(values["loss"])
         if not self.scaler.is_enabled():  # fp16's scaler finds inf gradients itself and skips the update
             finite = finite & torch.isfinite(self._grad_norm())
-        if dist.all_reduce_sum((~finite).float()).item() > 0:  # every rank skips the same steps
+        bad = dist.all_reduce_sum((~finite).float())  # every rank skips the same steps
+        if self.device_skip is not None:  # the fused optimizer skips on the device: nothing waits for it here
+            applied = self.device_skip.record(bad, self.step + 1, self.optimizer)
+            scaled_step(self.scaler, self.optimizer, self.method.parameters(), self.cfg.optim.grad_clip)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.method.after_step(applied)
+            self.meter.add(values, applied)
+            return None
+        if bad.item() > 0:
             self.optimizer.zero_grad(set_to_none=True)
             shown = {k: round(float(v), 4) for k, v in values.items() if k.startswith("loss")}
             self.nonfinite.skipped(self.step + 1, f"non-finite loss or gradient {shown}", self.method,
@@ -273,6 +270,21 @@ class Trainer:
         self.method.after_step()
         self.meter.add(values)
         return True
+
+    def _host_acts(self) -> bool:
+        """This step logs, evaluates, checkpoints or ends the run (the steps where the host reads the device)."""
+        tr, every = self.cfg.train, self.cfg.eval.every
+        return (self.step % tr.log_every == 0 or self.step >= tr.steps or self._stop_signal is not None
+                or (tr.mode == "full" and ((every and self.step % every == 0)
+                                           or (tr.ckpt_every and self.step % tr.ckpt_every == 0))))
+
+    def _settle(self) -> bool:
+        """The device-decided skips since the last read: counted, logged and limited as on the host path."""
+        applied, new = self.device_skip.settle(self.method, self.last_checkpoint)
+        if new:
+            log.warning("non-finite loss or gradient: %d step(s) skipped up to step %d (%d so far)", new, self.step,
+                        self.nonfinite.total)
+        return applied
 
     def _grad_norm(self) -> torch.Tensor:
         grads = [p.grad for p in self.method.parameters() if p.grad is not None]
@@ -320,7 +332,7 @@ class Trainer:
         moments), so a ``--resume latest`` continues exactly."""
         stop = self._stop_signal is not None
         if self.info.world_size > 1:
-            stop = dist.all_reduce_sum(torch.tensor([float(stop)], device=self.device)).item() > 0
+            stop = dist.any_rank(stop)  # on the host: no per-step wait for the device
             if stop and self._stop_signal is None:
                 self._stop_signal = -1  # another rank's signal; -1 keeps this rank out of the final eval/save
         if stop:
