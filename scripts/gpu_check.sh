@@ -106,3 +106,8 @@ else
   "$PYTHON" benchmarks/open_clip_step.py --device "$DEVICE" --preset vit-b-32 --batch "$BATCH" --steps "$STEPS" \
     --precision bf16 --out "$OUT_DIR/open_clip_step.md" | grep ratio
 fi
+
+# issue 10: host syncs per training step outside logging (set_sync_debug_mode), unfused vs fused AdamW
+if [ "$DEVICE" = cuda ]; then
+  "$PYTHON" benchmarks/sync_count.py --device cuda --out "$OUT_DIR/sync_count_cuda.md" | tail -n 8
+fi
