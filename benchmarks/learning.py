@@ -65,8 +65,12 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
                                 "method.nn_weight=0"], False),
     "declip-no-mv": ("declip", ["method.queue_size=4096", "method.simsiam_proj_dim=256",
                                 "method.simsiam_pred_dim=64", "method.multi_view=false"], False),
-    "declip-small": ("declip", [], True),  # configs/declip_small_data.yaml as shipped (crops 0.9-1)
-    "declip-small-crop05": ("declip", ["data.crop_scale=[0.5,1.0]"], True),  # its first version (crops 0.5-1)
+    "declip-small": ("declip", [], True),  # configs/declip_small_data.yaml as shipped (NN excludes self)
+    "declip-small-crop05": ("declip", ["data.crop_scale=[0.5,1.0]", "method.nn_exclude_self=false"], True),  # v0
+    "declip-small-v1": ("declip", ["method.nn_exclude_self=false"], True),  # its second version (crops 0.9-1)
+    # ablations of the shipped small-data recipe: one supervision removed (its weight 0 / one contrastive view)
+    "declip-small-no-nn": ("declip", ["method.nn_weight=0"], True),
+    "declip-small-no-mv": ("declip", ["method.multi_view=false"], True),
 }
 
 

@@ -71,6 +71,7 @@ def test_reference_configs_keep_the_reference_method():
             m = cfg.method
             assert (m.clip_weight, m.simsiam_weight, m.mlm_weight, m.nn_weight) == (0.4, 0.2, 0.2, 0.2)
             assert (m.queue_size, m.simsiam_proj_dim, m.simsiam_pred_dim) == (65536, 1024, 512)
+            assert m.nn_exclude_self is False  # the reference's queue never holds the pair itself at 15M pairs
 
 
 # --- the small-data DeCLIP recipe and its knobs -------------------------------------------------------------
@@ -80,7 +81,8 @@ def test_small_data_config_loads_and_differs_from_the_reference_only_where_docum
     m = cfg.method
     assert m.name == "declip" and m.augment == "clip" and m.multi_view
     assert m.simsiam_weight == 0 and m.mlm_weight == 0 and m.clip_weight > 0 and m.nn_weight > 0
-    for key in ("augment", "simsiam_weight", "mlm_weight", "clip_weight", "nn_weight", "queue_size"):
+    assert m.nn_exclude_self  # chosen on the val split: ~1,000 pairs, the queue holds each caption ~8 times
+    for key in ("augment", "simsiam_weight", "mlm_weight", "clip_weight", "nn_weight", "queue_size", "nn_exclude_self"):
         assert key in yaml.safe_load(path.read_text())["method"]
     assert cfg.data.crop_scale == [0.9, 1.0]  # open_clip's crop, chosen on the learning benchmark's val split
 
