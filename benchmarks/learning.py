@@ -69,6 +69,8 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     "declip-small-crop05": ("declip", ["data.crop_scale=[0.5,1.0]", "method.nn_exclude_self=false"], True),  # v0
     "declip-small-v1": ("declip", ["method.nn_exclude_self=false"], True),  # its second version (crops 0.9-1)
     # ablations of the shipped small-data recipe: one supervision removed (its weight 0 / one contrastive view)
+    "declip-small-full": ("declip", ["method.clip_weight=0.4", "method.simsiam_weight=0.2", "method.mlm_weight=0.2",
+                                     "method.simsiam_proj_dim=256", "method.simsiam_pred_dim=64"], True),  # all four
     "declip-small-no-nn": ("declip", ["method.nn_weight=0"], True),
     "declip-small-no-mv": ("declip", ["method.multi_view=false"], True),
 }
