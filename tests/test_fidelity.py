@@ -81,7 +81,7 @@ def test_small_data_config_loads_and_differs_from_the_reference_only_where_docum
     m = cfg.method
     assert m.name == "declip" and m.augment == "clip" and m.multi_view
     assert m.simsiam_weight == 0 and m.mlm_weight == 0 and m.clip_weight > 0 and m.nn_weight > 0
-    assert m.nn_exclude_self  # chosen on the val split: ~1,000 pairs, the queue holds each caption ~8 times
+    assert m.nn_exclude_self  # chosen on the val split: ~1,000 pairs, the queue holds each caption ~4 times
     for key in ("augment", "simsiam_weight", "mlm_weight", "clip_weight", "nn_weight", "queue_size", "nn_exclude_self"):
         assert key in yaml.safe_load(path.read_text())["method"]
     assert cfg.data.crop_scale == [0.9, 1.0]  # open_clip's crop, chosen on the learning benchmark's val split
