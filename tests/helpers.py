@@ -57,9 +57,11 @@ def metrics(run: Path, kind: str = "train") -> list[dict]:
 
 
 def last_logged_step(run: Path) -> int:
-    """The last train step a (possibly running) process has logged so far; 0 before its first record."""
+    """The last train step a (possibly running) process has logged so far; 0 before its first record. Polls
+    the file itself: asking ``read_metrics`` for the run folder races with the run creating that folder (not a
+    folder yet when checked, one when opened)."""
     try:
-        return max((r["step"] for r in metrics(run)), default=0)
+        return max((r["step"] for r in metrics(Path(run) / "metrics.jsonl")), default=0)
     except FileNotFoundError:
         return 0
 
