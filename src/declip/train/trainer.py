@@ -202,7 +202,7 @@ class Trainer:
                     updated = self._settle() if self._host_acts() else True
                 if progress is not None:
                     progress.update(1)
-                if updated and (self.step % tr.log_every == 0 or self.step == tr.steps):
+                if updated and self._log_due():
                     self._log(lr)
                 if updated:  # a skipped step leaves nothing new to evaluate or save
                     self._maybe_eval_and_checkpoint()
@@ -248,14 +248,10 @@ class Trainer:
         if not self.scaler.is_enabled():  # fp16's scaler finds inf gradients itself and skips the update
             finite = finite & torch.isfinite(self._grad_norm())
         bad = dist.all_reduce_sum((~finite).float())  # every rank skips the same steps
+        applied = None  # host path: known good once past the check below
         if self.device_skip is not None:  # the fused optimizer skips on the device: nothing waits for it here
             applied = self.device_skip.record(bad, self.step + 1, self.optimizer)
-            scaled_step(self.scaler, self.optimizer, self.method.parameters(), self.cfg.optim.grad_clip)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.method.after_step(applied)
-            self.meter.add(values, applied)
-            return None
-        if bad.item() > 0:
+        elif bad.item() > 0:
             self.optimizer.zero_grad(set_to_none=True)
             shown = {k: round(float(v), 4) for k, v in values.items() if k.startswith("loss")}
             self.nonfinite.skipped(self.step + 1, f"non-finite loss or gradient {shown}", self.method,
@@ -263,20 +259,28 @@ class Trainer:
             log.warning("non-finite loss or gradient at step %d %s: step skipped (%d so far)", self.step + 1,
                         shown, self.nonfinite.total)
             return False
-        self.nonfinite.ok()
+        else:
+            self.nonfinite.ok()
         if not scaled_step(self.scaler, self.optimizer, self.method.parameters(), self.cfg.optim.grad_clip):
             self.meter.amp_overflows += 1  # fp16 overflow: the scaler skipped this update and halved its scale
         self.optimizer.zero_grad(set_to_none=True)
-        self.method.after_step()
-        self.meter.add(values)
-        return True
+        self.method.after_step(applied)
+        self.meter.add(values, applied)
+        return True if applied is None else None
+
+    def _log_due(self) -> bool:
+        return self.step % self.cfg.train.log_every == 0 or self.step == self.cfg.train.steps
+
+    def _eval_and_checkpoint_due(self) -> tuple[bool, bool]:
+        """Periodic evaluation / checkpoint at this step (full mode, before the last step: the end has its own)."""
+        tr, every = self.cfg.train, self.cfg.eval.every
+        if tr.mode != "full" or self.step >= tr.steps:
+            return False, False
+        return bool(every and self.step % every == 0), bool(tr.ckpt_every and self.step % tr.ckpt_every == 0)
 
     def _host_acts(self) -> bool:
         """This step logs, evaluates, checkpoints or ends the run (the steps where the host reads the device)."""
-        tr, every = self.cfg.train, self.cfg.eval.every
-        return (self.step % tr.log_every == 0 or self.step >= tr.steps or self._stop_signal is not None
-                or (tr.mode == "full" and ((every and self.step % every == 0)
-                                           or (tr.ckpt_every and self.step % tr.ckpt_every == 0))))
+        return self._log_due() or self._stop_signal is not None or any(self._eval_and_checkpoint_due())
 
     def _settle(self) -> bool:
         """The device-decided skips since the last read: counted, logged and limited as on the host path."""
@@ -309,13 +313,13 @@ class Trainer:
             log.info("step %d/%d %s%s", self.step, tr.steps, shown, f" {counts}{skipped}" if counts else "")
 
     def _maybe_eval_and_checkpoint(self) -> None:
-        cfg, tr = self.cfg, self.cfg.train
-        if tr.mode != "full" or self.step >= tr.steps:
+        evaluate, checkpoint = self._eval_and_checkpoint_due()
+        if not (evaluate or checkpoint):
             return
         t0 = time.perf_counter()
-        if cfg.eval.every and self.step % cfg.eval.every == 0:
+        if evaluate:
             self.evaluate()
-        if tr.ckpt_every and self.step % tr.ckpt_every == 0:
+        if checkpoint:
             self.save()
         self.clock.pause(time.perf_counter() - t0)  # not training time: kept out of images/s
 
