@@ -3,13 +3,14 @@ import io
 import math
 import os
 import random
+from pathlib import Path
 
 import pytest
 import torch
 
 from declip.train import checkpoint as ckpt
-from declip.train.checkpoint import (list_checkpoints, load_checkpoint, resolve_resume, rng_state, save_best,
-                                     save_checkpoint, set_rng_state)
+from declip.train.checkpoint import (link_best, list_checkpoints, load_checkpoint, resolve_resume, rng_state,
+                                     save_best, save_checkpoint, set_rng_state)
 from declip.errors import CheckpointError, NonFiniteError as NonFiniteLoss
 from declip.train.trainer import Trainer
 from helpers import metrics
@@ -86,6 +87,28 @@ def test_best_pt_follows_the_best_eval_and_is_never_pruned(tiny_cfg, monkeypatch
     final = load_checkpoint(resolve_resume("latest", run))
     assert final["best"] == 30.0 and final["best_step"] == 2
     assert resolve_resume("latest", run).name == "ckpt_00000003.pt"
+
+
+def test_best_pt_at_a_checkpoint_step_is_that_checkpoint_not_a_copy(tiny_cfg, monkeypatch):
+    scores = iter([10.0, 30.0, 20.0, 5.0])  # best at step 2, a checkpoint step
+    monkeypatch.setattr("declip.eval.suite.run_evaluation", lambda *a, **k: {"builtin/top1": next(scores)})
+    cfg = tiny_cfg("train.steps=4", "eval.every=1", "train.ckpt_every=2", "train.keep_last=2")
+    run_trainer(cfg)
+    run = Path(cfg.train.output_dir)
+    assert os.path.samefile(run / "best.pt", run / "ckpt_00000002.pt")  # one payload on disk
+    assert load_checkpoint(run / "best.pt")["best_step"] == 2
+
+
+def test_link_best_copies_where_the_filesystem_has_no_hard_links(tmp_path, monkeypatch):
+    ckpt = save_checkpoint(tmp_path, 2, small(2), keep_last=1)
+
+    def no_links(*a):
+        raise OSError("hard links not supported (injected)")
+
+    monkeypatch.setattr(os, "link", no_links)
+    best = link_best(tmp_path, ckpt)
+    assert not os.path.samefile(best, ckpt) and best.read_bytes() == ckpt.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "ckpt_00000002.pt"]  # no temporary left
 
 
 # ------------------------------------------------------------------------------------ crash safety

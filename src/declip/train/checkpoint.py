@@ -8,7 +8,8 @@ function of the step (``optim.lr_at``), so restoring the step restores the sched
 
 Files in a run directory: ``ckpt_<step>.pt`` (the newest ``train.keep_last`` are kept; ``--resume latest``
 picks the newest) and ``best.pt`` (the payload at the eval with the best zero-shot top-1 so far; never
-pruned, never picked by ``latest``). Hidden ``.*.tmp.*`` files are writes in progress, or writes a crash cut
+pruned, never picked by ``latest``; when the eval that sets it falls on a checkpoint step, it is a hard link to
+that checkpoint, not a second copy of the payload). Hidden ``.*.tmp.*`` files are writes in progress, or writes a crash cut
 short: nothing ever loads them, and the next save removes them.
 
 Loading uses ``torch.load(weights_only=True)``: tensors and plain containers only, no arbitrary pickle, so
@@ -145,6 +146,24 @@ def save_best(directory: Path, payload: dict) -> Path:
     payload = {**payload, "checksum": payload_checksum(payload)}
     path = Path(directory) / BEST_NAME
     atomic_torch_save(payload, path)
+    return path
+
+
+def link_best(directory: Path, checkpoint: Path) -> Path:
+    """``best.pt`` as a second name of ``checkpoint``, written at the step whose eval set the best: a hard link
+    costs no disk (a ViT-B/32 payload with its AdamW moments is ~1.8 GB), and pruning the checkpoint later
+    leaves best.pt whole. A filesystem without hard links gets a copy. Replaced atomically, like any save."""
+    path = Path(directory) / BEST_NAME
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(checkpoint, tmp)
+        except OSError:
+            shutil.copyfile(checkpoint, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -29,7 +29,8 @@ from ..device import resolve_device
 from ..errors import CheckpointError
 from ..methods import build_method
 from .accel import autocast, effective_precision, prepare_method, scaled_step, wrap_ddp
-from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_best, save_checkpoint, set_rng_state
+from .checkpoint import (link_best, list_checkpoints, load_checkpoint, rng_state, save_best, save_checkpoint,
+                         set_rng_state)
 from .health import DeviceSkip, NonFiniteGuard, SkipRateGuard, nonfinite_weights
 from .metrics import MetricMeter, MetricsWriter, StepClock, describe_run, log, setup_logging
 from .mfu import StepFlops, device_peak_tflops
@@ -72,6 +73,7 @@ class Trainer:
         self.device_skip = (DeviceSkip(self.nonfinite, self.device) if fused and tr.nonfinite == "skip"
                             and not self.scaler.is_enabled() else None)
         self.best, self.best_step = float("-inf"), -1
+        self._best_at_step = -1  # an eval set the best at this step and left best.pt to the step's checkpoint
         self._rng_to_restore: dict | None = None  # applied once the loader iterator exists (see train())
         self._iterator = None
         torch.manual_seed(tr.seed * 1000 + self.info.rank)  # per-rank stream for anything random
@@ -148,6 +150,8 @@ class Trainer:
         if self.info.is_main:
             path = save_checkpoint(self.out, self.step, payload, self.cfg.train.keep_last)
             log.info("checkpoint: %s", path)
+            if self._best_at_step == self.step:
+                log.info("best.pt: %s (hard link)", link_best(self.out, path))
         dist.barrier()
         return path
 
@@ -156,7 +160,9 @@ class Trainer:
         return found[-1][1] if found else None
 
     # ----------------------------------------------------------------------------------------- eval
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, checkpoint_follows: bool = False) -> dict[str, float]:
+        """Score the towers; a new best writes best.pt, or, when a checkpoint of this step follows
+        (``checkpoint_follows``), leaves it to :meth:`save` to link best.pt to that checkpoint."""
         from ..eval.suite import EvalDataError, best_metric, headline, run_evaluation
 
         results, improved = {}, False
@@ -178,10 +184,15 @@ class Trainer:
             if improved:
                 self.best, self.best_step = picked[1], self.step
         flag = torch.tensor([float(self.info.is_main and improved)], device=self.device)
-        if dist.all_reduce_sum(flag).item() > 0:  # every rank joins the payload's RNG gather
-            payload = self._payload()
-            if self.info.is_main:
-                log.info("best %s so far (%.2f): %s", picked[0], self.best, save_best(self.out, payload))
+        if dist.all_reduce_sum(flag).item() > 0:
+            if checkpoint_follows:  # one payload on disk, not two
+                self._best_at_step = self.step
+                if self.info.is_main:
+                    log.info("best %s so far (%.2f): best.pt = this step's checkpoint", picked[0], self.best)
+            else:
+                payload = self._payload()  # every rank joins the payload's RNG gather
+                if self.info.is_main:
+                    log.info("best %s so far (%.2f): %s", picked[0], self.best, save_best(self.out, payload))
         dist.barrier()
         return results
 
@@ -318,7 +329,7 @@ class Trainer:
             return
         t0 = time.perf_counter()
         if evaluate:
-            self.evaluate()
+            self.evaluate(checkpoint_follows=checkpoint)
         if checkpoint:
             self.save()
         self.clock.pause(time.perf_counter() - t0)  # not training time: kept out of images/s
@@ -363,7 +374,7 @@ class Trainer:
                      "data wait %.1f%% of the step", summary["fps"], tr.batch_size * tr.grad_accum *
                      self.info.world_size, summary["fps_steps"], 100 * summary["data_wait"])
         elif self._stop_signal is None:
-            results = self.evaluate()
+            results = self.evaluate(checkpoint_follows=True)
             saved = self.save()  # a path on rank 0 only
             if saved is not None:
                 summary["checkpoint"] = str(saved)
