@@ -7,6 +7,8 @@ Nothing here is generated: the images and their texts come from packages on PyPI
   scikit-learn --no-deps``; scikit-learn itself is not imported). Upscaled to 32 px, white ink on black.
   Training captions: one of a few short caption templates with the class name ("a handwritten seven", ...).
   Task: zero-shot top-1 on a stratified held-out split with the class names.
+* ``digits200`` -- the same digits with only 20 training pairs per class (200 pairs; the val and test splits
+  of ``digits``): the issue's most data-limited regime, where data efficiency should show if anywhere.
 * ``emoji`` -- the colour emoji of Google's Noto Color Emoji font (Debian ``fonts-noto-color-emoji``), every
   single-code-point emoji the font draws, rendered at its bitmap size and resized to 32 px; the caption is
   the code point's Unicode name (``unicodedata.name``, lower-cased: "dog face", "sun behind cloud").
@@ -106,6 +108,31 @@ def build_digits(cache: Path, wheels: Path) -> Path:
         "task": "zeroshot", "classnames": DIGIT_WORDS, "templates": DIGIT_ZS_TEMPLATES})
 
 
+def build_digits_subset(cache: Path, digits: Path, per_class: int = 20) -> Path:
+    """``digits`` with a fixed stratified subset of its training pairs; same images, val and test."""
+    out = cache / f"digits{per_class * 10}"
+    if (out / "meta.json").is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "images").exists():
+        (out / "images").symlink_to(digits / "images", target_is_directory=True)
+    train = load_split(digits, "train")
+    rng = random.Random(0)
+    keep = []
+    for c in range(10):
+        idx = [i for i, r in enumerate(train) if r["label"] == c]
+        keep += rng.sample(idx, per_class)
+    records = train + load_split(digits, "val") + load_split(digits, "test")
+    n_train, n_val = len(train), len(load_split(digits, "val"))
+    split = {"train": sorted(keep), "val": list(range(n_train, n_train + n_val)),
+             "test": list(range(n_train + n_val, len(records)))}
+    meta = json.loads((digits / "meta.json").read_text())
+    meta.pop("sizes", None)
+    meta.pop("name", None)
+    return _write(out, f"digits{per_class * 10}", records, split,
+                  {**meta, "subset_of": "digits", "train_pairs_per_class": per_class})
+
+
 def build_emoji(cache: Path) -> Path:
     out = cache / "emoji"
     if (out / "meta.json").is_file():
@@ -197,7 +224,8 @@ def build_letters(cache: Path, wheels: Path) -> Path:
 def build_all(cache: str | Path, wheels: str | Path) -> dict[str, Path]:
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
-    return {"digits": build_digits(cache, Path(wheels)), "emoji": build_emoji(cache),
+    digits = build_digits(cache, Path(wheels))
+    return {"digits": digits, "digits200": build_digits_subset(cache, digits), "emoji": build_emoji(cache),
             "letters": build_letters(cache, Path(wheels))}
 
 
