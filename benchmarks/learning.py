@@ -73,6 +73,8 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
                                      "method.simsiam_proj_dim=256", "method.simsiam_pred_dim=64"], True),  # all four
     "declip-small-no-nn": ("declip", ["method.nn_weight=0"], True),
     "declip-small-no-mv": ("declip", ["method.multi_view=false"], True),
+    # the shipped recipe at the reference's crop range: DeCLIP's own gain over the `clip` row, crop for crop
+    "declip-small-refcrop": ("declip", ["data.crop_scale=[0.5,1.0]"], True),
 }
 
 
