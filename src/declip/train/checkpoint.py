@@ -8,9 +8,9 @@ function of the step (``optim.lr_at``), so restoring the step restores the sched
 
 Files in a run directory: ``ckpt_<step>.pt`` (the newest ``train.keep_last`` are kept; ``--resume latest``
 picks the newest) and ``best.pt`` (the payload at the eval with the best zero-shot top-1 so far; never
-pruned, never picked by ``latest``; when the eval that sets it falls on a checkpoint step, it is a hard link to
-that checkpoint, not a second copy of the payload). Hidden ``.*.tmp.*`` files are writes in progress, or writes a crash cut
-short: nothing ever loads them, and the next save removes them.
+pruned, never picked by ``latest``; when the eval that sets it falls on a checkpoint step, it is a hard link
+to that checkpoint, not a second copy of the payload). Hidden ``.*.tmp.*`` files are writes in progress, or
+writes a crash cut short: nothing ever loads them, and the next save removes them.
 
 Loading uses ``torch.load(weights_only=True)``: tensors and plain containers only, no arbitrary pickle, so
 everything in a payload must be a tensor, a number, a string, None or a list/tuple/dict of those (Python's
