@@ -122,8 +122,9 @@ def build_digits_subset(cache: Path, digits: Path, per_class: int = 20) -> Path:
     for c in range(10):
         idx = [i for i, r in enumerate(train) if r["label"] == c]
         keep += rng.sample(idx, per_class)
-    records = train + load_split(digits, "val") + load_split(digits, "test")
-    n_train, n_val = len(train), len(load_split(digits, "val"))
+    val = load_split(digits, "val")
+    records = train + val + load_split(digits, "test")
+    n_train, n_val = len(train), len(val)
     split = {"train": sorted(keep), "val": list(range(n_train, n_train + n_val)),
              "test": list(range(n_train + n_val, len(records)))}
     meta = json.loads((digits / "meta.json").read_text())

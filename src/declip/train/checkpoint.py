@@ -34,10 +34,24 @@ TMP_RE = re.compile(r"^\..+\.pt\.tmp\.(\d+)$")
 BEST_NAME = "best.pt"
 
 
+def _tmp_path(path: Path) -> Path:
+    """Where a write of ``path`` goes before its rename (the name ``TMP_RE`` and ``remove_stale_tmp`` know)."""
+    return path.with_name(f".{path.name}.tmp.{os.getpid()}")
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename inside ``directory`` durable."""
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def atomic_torch_save(obj, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    tmp = _tmp_path(path)
     try:
         try:
             with open(tmp, "wb") as f:
@@ -50,11 +64,7 @@ def atomic_torch_save(obj, path: Path) -> None:
             raise CheckpointError(f"cannot write {path} ({why}; {free:.0f} MiB free on that disk): free some "
                                   "space or lower train.keep_last, then resume with --resume latest") from e
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -154,7 +164,7 @@ def link_best(directory: Path, checkpoint: Path) -> Path:
     costs no disk (a ViT-B/32 payload with its AdamW moments is ~1.8 GB), and pruning the checkpoint later
     leaves best.pt whole. A filesystem without hard links gets a copy. Replaced atomically, like any save."""
     path = Path(directory) / BEST_NAME
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    tmp = _tmp_path(path)
     tmp.unlink(missing_ok=True)
     try:
         try:
@@ -162,6 +172,7 @@ def link_best(directory: Path, checkpoint: Path) -> Path:
         except OSError:
             shutil.copyfile(checkpoint, tmp)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return path

@@ -73,7 +73,6 @@ class Trainer:
         self.device_skip = (DeviceSkip(self.nonfinite, self.device) if fused and tr.nonfinite == "skip"
                             and not self.scaler.is_enabled() else None)
         self.best, self.best_step = float("-inf"), -1
-        self._best_at_step = -1  # an eval set the best at this step and left best.pt to the step's checkpoint
         self._rng_to_restore: dict | None = None  # applied once the loader iterator exists (see train())
         self._iterator = None
         torch.manual_seed(tr.seed * 1000 + self.info.rank)  # per-rank stream for anything random
@@ -150,7 +149,7 @@ class Trainer:
         if self.info.is_main:
             path = save_checkpoint(self.out, self.step, payload, self.cfg.train.keep_last)
             log.info("checkpoint: %s", path)
-            if self._best_at_step == self.step:
+            if self.best_step == self.step:  # this step's eval set the best: best.pt names this payload too
                 log.info("best.pt: %s (hard link)", link_best(self.out, path))
         dist.barrier()
         return path
@@ -185,8 +184,7 @@ class Trainer:
                 self.best, self.best_step = picked[1], self.step
         flag = torch.tensor([float(self.info.is_main and improved)], device=self.device)
         if dist.all_reduce_sum(flag).item() > 0:
-            if checkpoint_follows:  # one payload on disk, not two
-                self._best_at_step = self.step
+            if checkpoint_follows:  # save() links best.pt to its checkpoint: one payload on disk, not two
                 if self.info.is_main:
                     log.info("best %s so far (%.2f): best.pt = this step's checkpoint", picked[0], self.best)
             else:
