@@ -183,6 +183,20 @@ def test_index_is_cached_beside_the_file_and_rebuilt_on_change(dataset_files, mo
     assert len(src) == len(pairs) + 1 and src.load(len(pairs))[1] == "appended"
 
 
+@pytest.mark.parametrize("damage", ["empty", "truncated", "not npy"])
+def test_an_unreadable_index_cache_is_rebuilt_not_fatal(dataset_files, damage):
+    """An empty .npy makes np.load raise EOFError, not the OSError / ValueError of other damage: every kind is
+    a cache miss (a crash here once took down a data-loader thread pool)."""
+    tmp, pairs = dataset_files
+    ManifestSource(tmp / "m.jsonl", tmp / "images")
+    cache = tmp / "m.jsonl.lines.idx.npy"
+    whole = cache.read_bytes()
+    cache.write_bytes({"empty": b"", "truncated": whole[: len(whole) // 2], "not npy": b"garbage" * 40}[damage])
+    src = ManifestSource(tmp / "m.jsonl", tmp / "images")
+    assert len(src) == len(pairs) and src.load(3)[1] == pairs[3][1].strip()
+    assert cache.read_bytes() == whole  # rebuilt in place, identical
+
+
 def test_index_falls_back_to_a_cache_dir_when_the_folder_is_read_only(dataset_files, monkeypatch, tmp_path_factory):
     tmp, pairs = dataset_files
     elsewhere = tmp_path_factory.mktemp("cache")

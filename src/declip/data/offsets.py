@@ -50,9 +50,15 @@ def _stamp(path: Path) -> tuple[int, int]:
 
 
 def _load(cache: Path, stamp: tuple[int, int]) -> tuple[np.ndarray, int] | None:
+    """The cached index if ``cache`` holds one for this exact file, else None. A cache is disposable: any failure
+    to read it (missing, empty - np.load raises EOFError -, truncated, another format) is a miss and the index is
+    rebuilt, never an error of the run."""
     try:
         arr = np.load(cache, mmap_mode="r")
-    except (OSError, ValueError):
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        log.debug("ignoring unreadable index cache %s (%s: %s)", cache, type(e).__name__, e)
         return None
     if arr.dtype != np.int64 or arr.ndim != 1 or len(arr) < HEADER + 1:
         return None
