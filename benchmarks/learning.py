@@ -55,6 +55,9 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     "openclip": ("openclip", [], False),
     "clip": ("clip", [], False),  # the reference's CLIP baseline augmentation: RandomResizedCrop(0.5-1)
     "clip-crop09": ("clip", ["data.crop_scale=[0.9,1.0]"], False),  # open_clip's crop range (0.9-1)
+    # and open_clip's ViT init (model.vision.init): our CLIP with the two open_clip defaults that differ from
+    # the reference recipe
+    "clip-crop09-ocinit": ("clip", ["data.crop_scale=[0.9,1.0]", "model.vision.init=open_clip"], False),
     "declip": ("declip", ["method.queue_size=4096", "method.simsiam_proj_dim=256", "method.simsiam_pred_dim=64"],
                False),
     "declip-ref": ("declip", [], False),  # reference head/queue sizes (65,536; 1,024/512)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from declip.config import load_config
+from declip.config import ConfigError, load_config
 from declip.data.tokenizer import tokenize
 from declip.vocab import EOT_ID, MASK_ID
 from declip.models.towers import build_clip, encode_text_with_tokens
@@ -54,6 +54,22 @@ def test_vit_blocks_get_clip_init_like_the_text_blocks():
         assert abs(block.mlp.c_fc.weight.std().item() - fc_std) < 0.05 * fc_std
         assert abs(block.mlp.c_proj.weight.std().item() - proj_std) < 0.05 * proj_std
     assert abs(clip.visual.positional_embedding.std().item() - 0.01) < 0.001
+
+
+def test_vit_open_clip_init_keeps_open_clips_visiontransformer_init():
+    """model.vision.init=open_clip (the small-data choice): the blocks keep PyTorch's defaults (Linear: std
+    1/sqrt(3 fan_in); attention in-projection: xavier uniform) and the positional embedding open_clip's
+    width^-0.5, instead of the reference's 0.0074 / 0.036 / 0.01 at ViT-B/32."""
+    torch.manual_seed(0)
+    clip = build_clip(load_config(None, ["model.preset=vit-b-32", "model.vision.init=open_clip"]).model)
+    w = 768
+    for block in clip.visual.transformer.resblocks:
+        assert abs(block.attn.out_proj.weight.std().item() - (3 * w) ** -0.5) < 0.05 * (3 * w) ** -0.5
+        assert abs(block.attn.in_proj_weight.std().item() - (2 / (4 * w)) ** 0.5) < 0.05 * (2 / (4 * w)) ** 0.5
+        assert abs(block.mlp.c_proj.weight.std().item() - (3 * 4 * w) ** -0.5) < 0.05 * (3 * 4 * w) ** -0.5
+    assert abs(clip.visual.positional_embedding.std().item() - w ** -0.5) < 0.05 * w ** -0.5
+    with pytest.raises(ConfigError, match="model.vision.init"):
+        load_config(None, ["model.preset=rn50", "model.vision.init=open_clip"])
 
 
 # --- fix 4: the logit-scale cap applies to the value, not the gradient --------------------------------------

@@ -40,6 +40,11 @@ class VisionConfig:
     head_width: int = 64
     patch_size: int = 8
     freeze_conv1: bool = True  # DeCLIP freezes the ViT patch embedding
+    # ViT initialisation. reference: DeCLIP's, CLIP's normal init on the transformer blocks as on the text tower
+    # and positional embedding std 0.01. open_clip: open_clip's VisionTransformer (PyTorch's default init on the
+    # blocks, positional embedding std width^-0.5), which learns more from a few hundred pairs
+    # (benchmarks/results/learning.md). A ResNet tower has one init (CLIP's), whichever is set.
+    init: Literal["reference", "open_clip"] = "reference"
 
     def validate(self, check: Check) -> None:
         check(self.image_size >= 16, "model.vision.image_size", "must be >= 16")
@@ -53,6 +58,8 @@ class VisionConfig:
             check(isinstance(self.layers, list) and len(self.layers) == 4 and min(self.layers) > 0,
                   "model.vision.layers", "a ResNet needs four positive stage depths, e.g. [3, 4, 6, 3]")
             check(self.image_size % 32 == 0, "model.vision.image_size", "a ResNet needs a multiple of 32")
+            check(self.init == "reference", "model.vision.init",
+                  "only a ViT has a choice of init (a ResNet tower always gets CLIP's); remove the setting")
 
 
 @dataclass

@@ -42,8 +42,9 @@ def build_clip(cfg: ModelConfig) -> CustomTextCLIP:
     model = CustomTextCLIP(embed_dim=mc["embed_dim"], vision_cfg=mc["vision_cfg"], text_cfg=mc["text_cfg"],
                            quick_gelu=mc["quick_gelu"], init_logit_scale=LOGIT_SCALE_INIT)
     if cfg.vision.kind == "vit":
-        init_vit_blocks(model.visual)
-        nn.init.normal_(model.visual.positional_embedding, std=0.01)  # reference init
+        if cfg.vision.init == "reference":  # else open_clip's own VisionTransformer init, as built
+            init_vit_blocks(model.visual)
+            nn.init.normal_(model.visual.positional_embedding, std=0.01)
         if cfg.vision.freeze_conv1:
             model.visual.conv1.requires_grad_(False)
     return model
