@@ -85,6 +85,7 @@ def test_small_data_config_loads_and_differs_from_the_reference_only_where_docum
     for key in ("augment", "simsiam_weight", "mlm_weight", "clip_weight", "nn_weight", "queue_size", "nn_exclude_self"):
         assert key in yaml.safe_load(path.read_text())["method"]
     assert cfg.data.crop_scale == [0.9, 1.0]  # open_clip's crop, chosen on the learning benchmark's val split
+    assert cfg.model.vision.init == "open_clip"  # open_clip's ViT init, chosen on the same val split
 
 
 @pytest.mark.parametrize("path", REFERENCE_CONFIGS, ids=lambda p: p.name)
@@ -93,6 +94,7 @@ def test_reference_configs_keep_the_reference_crop_ranges(path):
 
     cfg = load_config(path)
     assert cfg.data.crop_scale == []  # each method's own: CLIP 0.5-1, DeCLIP's MoCo v2 views 0.2-1
+    assert cfg.model.vision.init == "reference"  # the small-data recipe's open_clip init stays out of them
     assert REFERENCE_CROP_SCALE == {"clip": (0.5, 1.0), "mocov2": (0.2, 1.0)}
 
 
