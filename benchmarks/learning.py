@@ -69,19 +69,23 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     "declip-no-mv": ("declip", ["method.queue_size=4096", "method.simsiam_proj_dim=256",
                                 "method.simsiam_pred_dim=64", "method.multi_view=false"], False),
     "declip-small": ("declip", [], True),  # configs/declip_small_data.yaml as shipped (open_clip's ViT init)
-    # its earlier versions (each made with the reference ViT init): v0, v1 (crops 0.9-1), v2 (NN excludes self)
+    # its ablations: one supervision removed (its weight 0 / one contrastive view)
+    "declip-small-no-nn": ("declip", ["method.nn_weight=0"], True),
+    "declip-small-no-mv": ("declip", ["method.multi_view=false"], True),
+    # its earlier versions, each run with the reference ViT init: v0 (crops 0.5-1), v1 (crops 0.9-1), v2 (+ NN
+    # excludes self)
     "declip-small-crop05": ("declip", ["model.vision.init=reference", "data.crop_scale=[0.5,1.0]",
                                        "method.nn_exclude_self=false"], True),
     "declip-small-v1": ("declip", ["model.vision.init=reference", "method.nn_exclude_self=false"], True),
     "declip-small-v2": ("declip", ["model.vision.init=reference"], True),
-    # ablations of v2: one supervision removed (its weight 0 / one contrastive view), or all four
-    "declip-small-full": ("declip", ["model.vision.init=reference", "method.clip_weight=0.4",
-                                     "method.simsiam_weight=0.2", "method.mlm_weight=0.2",
-                                     "method.simsiam_proj_dim=256", "method.simsiam_pred_dim=64"], True),  # all four
-    "declip-small-no-nn": ("declip", ["model.vision.init=reference", "method.nn_weight=0"], True),
-    "declip-small-no-mv": ("declip", ["model.vision.init=reference", "method.multi_view=false"], True),
-    # v2 at the reference's crop range: DeCLIP's own gain over the `clip` row, crop for crop
-    "declip-small-refcrop": ("declip", ["model.vision.init=reference", "data.crop_scale=[0.5,1.0]"], True),
+    # v2's ablations: one supervision removed, or all four; and v2 at the reference's crop range (DeCLIP's own
+    # gain over the `clip` row, crop for crop)
+    "declip-small-v2-full": ("declip", ["model.vision.init=reference", "method.clip_weight=0.4",
+                                        "method.simsiam_weight=0.2", "method.mlm_weight=0.2",
+                                        "method.simsiam_proj_dim=256", "method.simsiam_pred_dim=64"], True),
+    "declip-small-v2-no-nn": ("declip", ["model.vision.init=reference", "method.nn_weight=0"], True),
+    "declip-small-v2-no-mv": ("declip", ["model.vision.init=reference", "method.multi_view=false"], True),
+    "declip-small-v2-refcrop": ("declip", ["model.vision.init=reference", "data.crop_scale=[0.5,1.0]"], True),
 }
 
 
