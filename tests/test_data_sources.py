@@ -186,7 +186,8 @@ def test_index_is_cached_beside_the_file_and_rebuilt_on_change(dataset_files, mo
 @pytest.mark.parametrize("damage", ["empty", "truncated", "not npy"])
 def test_an_unreadable_index_cache_is_rebuilt_not_fatal(dataset_files, damage):
     """An empty .npy makes np.load raise EOFError, not the OSError / ValueError of other damage: every kind is
-    a cache miss (a crash here once took down a data-loader thread pool)."""
+    a cache miss (the suspected cause of an intermittent failure inside np.load while a ShardSource re-opened
+    its shard indexes after unpickling)."""
     tmp, pairs = dataset_files
     ManifestSource(tmp / "m.jsonl", tmp / "images")
     cache = tmp / "m.jsonl.lines.idx.npy"
