@@ -8,8 +8,9 @@ Data: benchmarks/learning_data.py builds the real sets (scikit-learn's handwritt
 glyphs named by their Unicode names, the Latin letters of matplotlib's 22 typefaces) into a cache folder
 outside git.
 
-Recipe (issue 12), identical for every model except each variant's augmentation (the training crop range is
-the one factor that the ``clip`` / ``clip-crop09`` pair changes): tiny towers (ViT 4 x 128, patch 8, 32 px;
+Recipe (issue 12), identical for every model except each variant's augmentation and ViT init (the crop range
+is the one factor that ``clip`` / ``clip-crop09`` changes, the init the one that ``clip-crop09-ocinit`` adds):
+tiny towers (ViT 4 x 128, patch 8, 32 px;
 text 4 x 128, heads 2, context 32; embed 128), AdamW lr 5e-4, weight decay 0.1, cosine with 10% warm-up,
 300 steps x batch 64, one CPU thread. Each "ours" run goes through the real CLI path: config -> trainer ->
 checkpoint -> ``declip export`` (open_clip local-dir) -> ``open_clip.create_model_and_transforms``; the
