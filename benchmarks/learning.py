@@ -283,6 +283,10 @@ def main() -> int:
         return 0
 
     sets, variants = a.sets.split(","), a.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS] + [s for s in sets if s not in PRIMARY]
+    if unknown:  # before any run starts, not as a failed worker per seed
+        ap.error(f"unknown variant or set: {', '.join(unknown)} (variants: {', '.join(VARIANTS)}; "
+                 f"sets: {', '.join(PRIMARY)})")
     notes = Path(a.notes).read_text() if a.notes else ""
     if a.report:  # collect every finished run in --workdir (also those of an interrupted grid)
         runs = [json.loads(p.read_text()) for p in sorted(work.glob(f"*{a.tag}-*-{a.split}/result.json"))]
