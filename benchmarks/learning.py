@@ -59,6 +59,7 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     # and open_clip's ViT init (model.vision.init): our CLIP with the two open_clip defaults that differ from
     # the reference recipe
     "clip-crop09-ocinit": ("clip", ["data.crop_scale=[0.9,1.0]", "model.vision.init=open_clip"], False),
+    "clip-ocinit": ("clip", ["model.vision.init=open_clip"], False),  # the same init at the reference crop 0.5-1
     "declip": ("declip", ["method.queue_size=4096", "method.simsiam_proj_dim=256", "method.simsiam_pred_dim=64"],
                False),
     "declip-ref": ("declip", [], False),  # reference head/queue sizes (65,536; 1,024/512)
@@ -73,6 +74,8 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     # its ablations: one supervision removed (its weight 0 / one contrastive view)
     "declip-small-no-nn": ("declip", ["method.nn_weight=0"], True),
     "declip-small-no-mv": ("declip", ["method.multi_view=false"], True),
+    # candidate: the second image view cropped at the reference's 0.5-1 (the first stays at 0.9-1)
+    "declip-small-view2crop05": ("declip", ["data.second_view_crop_scale=[0.5,1.0]"], True),
     # its earlier versions, each run with the reference ViT init: v0 (crops 0.5-1), v1 (crops 0.9-1), v2 (+ NN
     # excludes self)
     "declip-small-crop05": ("declip", ["model.vision.init=reference", "data.crop_scale=[0.5,1.0]",

@@ -315,3 +315,34 @@ def test_data_crop_scale_replaces_the_reference_crop_range(tmp_path, method):
                                  f"train.output_dir={tmp_path / 'b'}"))
     assert tuple(custom.loader.dataset.views.crop.scale) == (0.9, 1.0)
     custom.close()
+
+
+def test_second_view_crop_scale_crops_only_the_second_view_and_keeps_the_first_views_draws():
+    """A wider second-view range (DeCLIP's multi-view term sees a harder view) must leave the first view exactly
+    as it was, so the CLIP-like view and the random stream stay comparable with the one-range recipe."""
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    one_range, two_ranges = CropViews(16, 2, (1.0, 1.0)), CropViews(16, 2, (1.0, 1.0), second_scale=(0.05, 0.06))
+    torch.manual_seed(3)
+    same = one_range(image)["images"]
+    torch.manual_seed(3)
+    mixed = two_ranges(image)["images"]
+    assert torch.equal(mixed[0], same[0])  # the first view: the whole image either way
+    assert torch.equal(same[0], same[1])  # area 1.0, full aspect draws clipped to the image: the same crop
+    assert not torch.equal(mixed[1], same[1])  # the second view: a ~5% patch, blown up
+
+
+def test_trainer_takes_the_second_view_crop_range_and_clip_refuses_it(tmp_path):
+    from declip.config import ConfigError
+    from declip.train.trainer import Trainer
+    from helpers import tiny_config
+
+    trainer = Trainer(tiny_config("method.name=declip", "data.crop_scale=[0.9, 1.0]",
+                                  "data.second_view_crop_scale=[0.5, 1.0]", f"train.output_dir={tmp_path}"))
+    views = trainer.loader.dataset.views
+    assert [tuple(c.scale) for c in views.crops] == [(0.9, 1.0), (0.5, 1.0)]
+    trainer.close()
+    with pytest.raises(ConfigError, match="data.second_view_crop_scale: method.name=clip trains on one"):
+        tiny_config("method.name=clip", "data.second_view_crop_scale=[0.5, 1.0]")
+    with pytest.raises(ConfigError, match=r"data.second_view_crop_scale: \[\] or \[min, max\]"):
+        tiny_config("method.name=declip", "data.second_view_crop_scale=[0.5]")

@@ -107,6 +107,9 @@ class DataConfig:
     # RandomResizedCrop area range [min, max] of the training views; [] = the reference's for the method's views
     # (0.5-1 for CLIP's and method.augment=clip, 0.2-1 for MoCo v2's). open_clip's own training uses 0.9-1.
     crop_scale: list[float] = field(default_factory=list)
+    # The second view's crop range, where a method takes two views (DeCLIP); [] = the same as the first view's.
+    # A wider range here gives the multi-view term a harder view while the first keeps the one CLIP would see.
+    second_view_crop_scale: list[float] = field(default_factory=list)
 
     def validate(self, check: Check) -> None:
         check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
@@ -114,8 +117,10 @@ class DataConfig:
         check(len(self.csv_separator) == 1 or self.csv_separator == "\\t", "data.csv_separator",
               "must be one character (a tab, ',', ...; the two characters \\t also mean a tab)")
         check(self.builtin_size > 0, "data.builtin_size", "must be > 0")
-        check(self.crop_scale == [] or (len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1]
-                                        <= 1), "data.crop_scale", "[] or [min, max] with 0 < min <= max <= 1")
+        for key in ("crop_scale", "second_view_crop_scale"):
+            value = getattr(self, key)
+            check(value == [] or (len(value) == 2 and 0 < value[0] <= value[1] <= 1), f"data.{key}",
+                  "[] or [min, max] with 0 < min <= max <= 1")
         if self.source in ("manifest", "csv", "webdataset"):
             check(bool(self.path), "data.path", f"data.source={self.source} needs a path")
         if self.source == "manifest":
@@ -366,6 +371,8 @@ def validate(cfg: Config, sources: dict[str, str] | None = None) -> None:
 
     for section in (cfg.model, cfg.data, cfg.method, cfg.optim, cfg.train, cfg.eval):
         section.validate(check)
+    check(not cfg.data.second_view_crop_scale or cfg.method.name != "clip", "data.second_view_crop_scale",
+          "method.name=clip trains on one image view; set data.crop_scale instead")
 
 
 def demo_config_path() -> Path:

@@ -13,7 +13,7 @@ uninterrupted run would have seen; the stream position is just the number of sam
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -39,6 +39,14 @@ class DataSpec:
     augment: str = "clip"  # clip | mocov2
     text: TextSpec = TextSpec()
     crop_scale: tuple[float, float] | None = None  # RandomResizedCrop area range; None = the augment's reference
+    second_view_crop_scale: tuple[float, float] | None = None  # the second view's; None = as the first's
+
+    def with_crop_ranges(self, data) -> DataSpec:
+        """The spec with the user's crop ranges (``data.crop_scale`` / ``data.second_view_crop_scale``), where
+        set, in place of the method's reference ones."""
+        first = tuple(data.crop_scale) if data.crop_scale else self.crop_scale
+        second = tuple(data.second_view_crop_scale) if data.second_view_crop_scale else self.second_view_crop_scale
+        return replace(self, crop_scale=first, second_view_crop_scale=second)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -80,7 +88,7 @@ class PairDataset(Dataset):
     def __init__(self, source: Source, spec: DataSpec, image_size: int, seed: int = 0, views=None):
         self.source, self.spec, self.seed = source, spec, seed
         self.views = views if views is not None else build_train_views(spec.augment, image_size, spec.n_views,
-                                                                          spec.crop_scale)
+                                                                          spec.crop_scale, spec.second_view_crop_scale)
         self.text = TextPipeline(spec.text)
 
     def __len__(self) -> int:

@@ -172,18 +172,22 @@ class CropViews:
     flipped with ``augment.p_flip``, as uint8 ``images`` [n, 3, size, size]; with ``augment`` also the
     device stage's parameters ``aug_params`` [n, N_PARAMS]. All randomness comes from torch's global
     generator, which the loader seeds per sample; the crop is drawn first, by the same transform class as
-    the reference pipeline, so under one seed both crop identically."""
+    the reference pipeline, so under one seed both crop identically. ``second_scale``: the crop area range of
+    every view after the first (``None``: ``scale``); the draws per view are the same whatever the ranges."""
 
-    def __init__(self, size: int, n: int, scale: tuple[float, float], augment: ViewAugment | None = None):
+    def __init__(self, size: int, n: int, scale: tuple[float, float], augment: ViewAugment | None = None,
+                 second_scale: tuple[float, float] | None = None):
         self.size, self.n = size, n
         self.crop = v2.RandomResizedCrop(size, scale=scale, antialias=True)
+        later = v2.RandomResizedCrop(size, scale=second_scale, antialias=True) if second_scale else self.crop
+        self.crops = [self.crop] + [later] * (n - 1)
         self.augment = augment.for_size(size) if augment is not None else None
 
     def __call__(self, image: Image.Image) -> dict:
         pixels = pil_to_uint8(image)  # once per image; crops are slices of it
         views, params = [], []
-        for _ in range(self.n):
-            box = self.crop.make_params([image])  # top, left, height, width: the reference's draws
+        for crop in self.crops:
+            box = crop.make_params([image])  # top, left, height, width: the reference's draws
             top, left = box["top"], box["left"]
             crop = pixels[None, :, top:top + box["height"], left:left + box["width"]]
             # torch's uint8 antialiased bilinear resize (the reference's PIL resize to within 1/255, ~3x faster)
@@ -203,13 +207,12 @@ class CropViews:
 REFERENCE_CROP_SCALE = {"mocov2": (0.2, 1.0), "clip": (0.5, 1.0)}
 
 
-def build_train_views(augment: str, size: int, n_views: int,
-                      crop_scale: tuple[float, float] | None = None) -> CropViews:
+def build_train_views(augment: str, size: int, n_views: int, crop_scale: tuple[float, float] | None = None,
+                      second_view_crop_scale: tuple[float, float] | None = None) -> CropViews:
     """The CPU stage for a method's ``DataSpec.augment``: ``mocov2`` = RRC(0.2-1) + flip + MoCo v2 colour/blur
     parameters; ``clip`` = RRC(0.5-1) only (the device stage just normalises). ``crop_scale`` replaces the
-    reference's crop area range (``data.crop_scale``)."""
-    if augment == "mocov2":
-        return CropViews(size, n_views, crop_scale or REFERENCE_CROP_SCALE[augment], ViewAugment())
-    if augment == "clip":
-        return CropViews(size, n_views, crop_scale or REFERENCE_CROP_SCALE[augment])
-    raise ValueError(f"unknown augment {augment!r} (clip | mocov2)")
+    reference's crop area range (``data.crop_scale``), ``second_view_crop_scale`` the later views' range."""
+    if augment not in ("mocov2", "clip"):
+        raise ValueError(f"unknown augment {augment!r} (clip | mocov2)")
+    return CropViews(size, n_views, crop_scale or REFERENCE_CROP_SCALE[augment],
+                     ViewAugment() if augment == "mocov2" else None, second_view_crop_scale)

@@ -8,7 +8,6 @@ checked in ``__init__`` before the model is built.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import random
 import signal
@@ -80,9 +79,7 @@ class Trainer:
         if state is not None:
             self._restore(path, state, changes)
 
-        spec = self.method.data_spec(cfg)
-        if cfg.data.crop_scale:  # the user's crop range replaces the method's reference one
-            spec = dataclasses.replace(spec, crop_scale=tuple(cfg.data.crop_scale))
+        spec = self.method.data_spec(cfg).with_crop_ranges(cfg.data)  # the user's crop ranges, where set
         dataset = PairDataset(source, spec, cfg.model.vision.image_size, tr.seed)
         self.device_stage = build_device_stage(spec, cfg.model.vision.image_size)  # uint8 crops -> augmented,
         # normalised views, batched on the training device (the workers only decode and crop)
