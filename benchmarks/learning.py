@@ -76,6 +76,9 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     "declip-small-no-mv": ("declip", ["method.multi_view=false"], True),
     # candidate: the second image view cropped at the reference's 0.5-1 (the first stays at 0.9-1)
     "declip-small-view2crop05": ("declip", ["data.second_view_crop_scale=[0.5,1.0]"], True),
+    # the config comment's advice for a few hundred pairs: both views at 0.5-1
+    "declip-small-fewpairs": ("declip", ["data.crop_scale=[0.5,1.0]", "data.second_view_crop_scale=[0.5,1.0]"],
+                              True),
     # its earlier versions, each run with the reference ViT init: v0 (crops 0.5-1), v1 (crops 0.9-1), v2 (+ NN
     # excludes self)
     "declip-small-crop05": ("declip", ["model.vision.init=reference", "data.crop_scale=[0.5,1.0]",
