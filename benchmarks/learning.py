@@ -74,8 +74,9 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     # its ablations: one supervision removed (its weight 0 / one contrastive view)
     "declip-small-no-nn": ("declip", ["method.nn_weight=0"], True),
     "declip-small-no-mv": ("declip", ["method.multi_view=false"], True),
-    # candidate: the second image view cropped at the reference's 0.5-1 (the first stays at 0.9-1)
+    # candidates: the second image view cropped at the reference's 0.5-1, or at 0.7-1 (the first stays at 0.9-1)
     "declip-small-view2crop05": ("declip", ["data.second_view_crop_scale=[0.5,1.0]"], True),
+    "declip-small-view2crop07": ("declip", ["data.second_view_crop_scale=[0.7,1.0]"], True),
     # the config comment's advice for a few hundred pairs: both views at 0.5-1
     "declip-small-fewpairs": ("declip", ["data.crop_scale=[0.5,1.0]", "data.second_view_crop_scale=[0.5,1.0]"],
                               True),
