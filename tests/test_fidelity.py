@@ -85,7 +85,31 @@ def test_small_data_config_loads_and_differs_from_the_reference_only_where_docum
     for key in ("augment", "simsiam_weight", "mlm_weight", "clip_weight", "nn_weight", "queue_size", "nn_exclude_self"):
         assert key in yaml.safe_load(path.read_text())["method"]
     assert cfg.data.crop_scale == [0.9, 1.0]  # open_clip's crop, chosen on the learning benchmark's val split
+    assert cfg.data.second_view_crop_scale == [0.7, 1.0]  # a harder second view, chosen on the same val split
     assert cfg.model.vision.init == "open_clip"  # open_clip's ViT init, chosen on the same val split
+
+
+def test_every_learning_benchmark_variant_is_a_valid_config_and_old_recipes_keep_their_views():
+    """A variant's overrides are only parsed inside a worker, minutes into a benchmark; check them all here. The
+    earlier recipe versions must keep the views they were run with when the shipped config moves on."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("learning", ROOT / "benchmarks" / "learning.py")
+    learning = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(learning)
+    views = {}
+    for name, (method, overrides, small) in learning.VARIANTS.items():
+        if method == "openclip":
+            continue
+        base = [] if small else [f"method.name={method}", *learning.TOWERS, *learning.RECIPE]
+        cfg = load_config(learning.SMALL_DATA if small else None, [*base, *overrides, "data.source=manifest",
+                                                                     "data.path=x.jsonl", "data.root=."])
+        assert cfg.method.name == method
+        views[name] = (cfg.data.crop_scale, cfg.data.second_view_crop_scale or cfg.data.crop_scale)
+    for old in ("declip-small-v1", "declip-small-v2", "declip-small-v3", "declip-small-v3-no-mv"):
+        assert views[old] == ([0.9, 1.0], [0.9, 1.0])  # one crop range for both views until v3
+    assert views["declip-small-crop05"] == ([0.5, 1.0], [0.5, 1.0])
+    assert views["declip-small"] == ([0.9, 1.0], [0.7, 1.0])
 
 
 @pytest.mark.parametrize("path", REFERENCE_CONFIGS, ids=lambda p: p.name)
@@ -93,7 +117,8 @@ def test_reference_configs_keep_the_reference_crop_ranges(path):
     from declip.data.views import REFERENCE_CROP_SCALE
 
     cfg = load_config(path)
-    assert cfg.data.crop_scale == []  # each method's own: CLIP 0.5-1, DeCLIP's MoCo v2 views 0.2-1
+    assert cfg.data.crop_scale == [] and cfg.data.second_view_crop_scale == []  # each method's own: CLIP 0.5-1,
+    # DeCLIP's MoCo v2 views 0.2-1 (both views)
     assert cfg.model.vision.init == "reference"  # the small-data recipe's open_clip init stays out of them
     assert REFERENCE_CROP_SCALE == {"clip": (0.5, 1.0), "mocov2": (0.2, 1.0)}
 
