@@ -61,6 +61,8 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     # the reference recipe
     "clip-crop09-ocinit": ("clip", ["data.crop_scale=[0.9,1.0]", "model.vision.init=open_clip"], False),
     "clip-ocinit": ("clip", ["model.vision.init=open_clip"], False),  # the same init at the reference crop 0.5-1
+    # and at the small-data DeCLIP's second-view crop 0.7-1
+    "clip-crop07-ocinit": ("clip", ["data.crop_scale=[0.7,1.0]", "model.vision.init=open_clip"], False),
     "declip": ("declip", ["method.queue_size=4096", "method.simsiam_proj_dim=256", "method.simsiam_pred_dim=64"],
                False),
     "declip-ref": ("declip", [], False),  # reference head/queue sizes (65,536; 1,024/512)
