@@ -87,8 +87,8 @@ class PairDataset(Dataset):
 
     def __init__(self, source: Source, spec: DataSpec, image_size: int, seed: int = 0, views=None):
         self.source, self.spec, self.seed = source, spec, seed
-        self.views = views if views is not None else build_train_views(spec.augment, image_size, spec.n_views,
-                                                                          spec.crop_scale, spec.second_view_crop_scale)
+        self.views = views if views is not None else build_train_views(
+            spec.augment, image_size, spec.n_views, spec.crop_scale, spec.second_view_crop_scale)
         self.text = TextPipeline(spec.text)
 
     def __len__(self) -> int:

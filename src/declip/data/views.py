@@ -186,8 +186,8 @@ class CropViews:
     def __call__(self, image: Image.Image) -> dict:
         pixels = pil_to_uint8(image)  # once per image; crops are slices of it
         views, params = [], []
-        for crop in self.crops:
-            box = crop.make_params([image])  # top, left, height, width: the reference's draws
+        for resized_crop in self.crops:
+            box = resized_crop.make_params([image])  # top, left, height, width: the reference's draws
             top, left = box["top"], box["left"]
             crop = pixels[None, :, top:top + box["height"], left:left + box["width"]]
             # torch's uint8 antialiased bilinear resize (the reference's PIL resize to within 1/255, ~3x faster)
