@@ -188,6 +188,13 @@ def train_openclip(root: Path, seed: int, workdir: Path):
     return model, eval_tf
 
 
+def variant_config(variant: str) -> tuple[Path | None, list[str]]:
+    """One of our variants as (config file, overrides): the small-data config with the variant's overrides, or
+    the defaults with the benchmark's towers and schedule, then the variant's overrides."""
+    method, overrides, small = VARIANTS[variant]
+    return (SMALL_DATA, list(overrides)) if small else (None, [f"method.name={method}", *TOWERS, *RECIPE, *overrides])
+
+
 def train_ours(root: Path, variant: str, seed: int, workdir: Path, extra: list[str]):
     """Our trainer through its public path, then ``declip export`` and open_clip's loader."""
     import open_clip
@@ -196,13 +203,12 @@ def train_ours(root: Path, variant: str, seed: int, workdir: Path, extra: list[s
     from declip.export import export_open_clip
     from declip.train.trainer import train
 
-    method, overrides, small = VARIANTS[variant]
-    base = [] if small else [f"method.name={method}", *TOWERS, *RECIPE]
-    args = [*base, *overrides, *extra, f"train.seed={seed}", "data.source=manifest",
+    config_file, overrides = variant_config(variant)
+    args = [*overrides, *extra, f"train.seed={seed}", "data.source=manifest",
             f"data.path={root / 'train.jsonl'}", f"data.root={root}", "data.num_workers=0", "data.pin_memory=false",
             "train.device=cpu", "train.ckpt_every=0", "train.tensorboard=false", "train.progress=false",
             "train.log_every=100", "eval.builtin=false", f"train.output_dir={workdir / 'ckpt'}"]
-    cfg = load_config(SMALL_DATA if small else None, args)
+    cfg = load_config(config_file, args)
     summary = train(cfg)
     out = export_open_clip(summary["checkpoint"], workdir / "export")
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")

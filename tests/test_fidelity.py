@@ -98,12 +98,11 @@ def test_every_learning_benchmark_variant_is_a_valid_config_and_old_recipes_keep
     learning = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(learning)
     views = {}
-    for name, (method, overrides, small) in learning.VARIANTS.items():
+    for name, (method, _, _) in learning.VARIANTS.items():
         if method == "openclip":
             continue
-        base = [] if small else [f"method.name={method}", *learning.TOWERS, *learning.RECIPE]
-        cfg = load_config(learning.SMALL_DATA if small else None, [*base, *overrides, "data.source=manifest",
-                                                                     "data.path=x.jsonl", "data.root=."])
+        config_file, overrides = learning.variant_config(name)  # what train_ours loads
+        cfg = load_config(config_file, [*overrides, "data.source=manifest", "data.path=x.jsonl", "data.root=."])
         assert cfg.method.name == method
         views[name] = (cfg.data.crop_scale, cfg.data.second_view_crop_scale or cfg.data.crop_scale)
     for old in ("declip-small-v1", "declip-small-v2", "declip-small-v3", "declip-small-v3-no-mv"):

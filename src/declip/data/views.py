@@ -177,7 +177,7 @@ class CropViews:
 
     def __init__(self, size: int, n: int, scale: tuple[float, float], augment: ViewAugment | None = None,
                  second_scale: tuple[float, float] | None = None):
-        self.size, self.n = size, n
+        self.size = size
         self.crop = v2.RandomResizedCrop(size, scale=scale, antialias=True)
         later = v2.RandomResizedCrop(size, scale=second_scale, antialias=True) if second_scale else self.crop
         self.crops = [self.crop] + [later] * (n - 1)
