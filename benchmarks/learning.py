@@ -12,7 +12,8 @@ Recipe (issue 12), identical for every model except each variant's augmentation 
 is the one factor that ``clip`` / ``clip-crop09`` changes, the init the one that ``clip-crop09-ocinit`` adds):
 tiny towers (ViT 4 x 128, patch 8, 32 px;
 text 4 x 128, heads 2, context 32; embed 128), AdamW lr 5e-4, weight decay 0.1, cosine with 10% warm-up,
-300 steps x batch 64, one CPU thread. Each "ours" run goes through the real CLI path: config -> trainer ->
+300 steps x batch 64 (``--steps`` runs every model, the open_clip peer included, on a longer schedule with
+the same 10% warm-up), one CPU thread. Each "ours" run goes through the real CLI path: config -> trainer ->
 checkpoint -> ``declip export`` (open_clip local-dir) -> ``open_clip.create_model_and_transforms``; the
 open_clip peer is ``open_clip.model.CLIP`` trained by this file with ``open_clip.loss.ClipLoss`` and open_clip's
 training defaults (its train transform, AdamW betas/eps, warm-up from 0, parameter clamp of the logit scale).
@@ -41,14 +42,12 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 from learning_data import build_all, load_images, load_split  # noqa: E402
 
-STEPS, BATCH, LR, WD = 300, 64, 5e-4, 0.1
-WARMUP = STEPS // 10
+STEPS, BATCH, LR, WD = 300, 64, 5e-4, 0.1  # the issue's recipe; --steps changes the schedule for every model
 CTX = 32
 TOWERS = ["model.preset=tiny-vit", "model.vision.image_size=32", "model.vision.layers=4", "model.vision.width=128",
           "model.vision.patch_size=8", "model.text.layers=4", "model.text.width=128", "model.text.heads=2",
           f"model.text.context_length={CTX}", "model.embed_dim=128"]
-RECIPE = [f"optim.lr={LR}", f"optim.weight_decay={WD}", f"optim.warmup_steps={WARMUP}", f"train.steps={STEPS}",
-          f"train.batch_size={BATCH}"]
+RECIPE = [f"optim.lr={LR}", f"optim.weight_decay={WD}", f"train.batch_size={BATCH}"]
 SMALL_DATA = HERE.parent / "configs" / "declip_small_data.yaml"
 VIEW2_09, VIEW2_05 = "data.second_view_crop_scale=[0.9,1.0]", "data.second_view_crop_scale=[0.5,1.0]"
 
@@ -139,7 +138,13 @@ def score(model, preprocess, root: Path, meta: dict, split: str) -> dict[str, fl
 
 
 # ----------------------------------------------------------------------------------------------- training
-def train_openclip(root: Path, seed: int, workdir: Path):
+def schedule(steps: int) -> list[str]:
+    """Our overrides for a schedule of ``steps`` with the recipe's 10% warm-up (the small-data config's own
+    300 / 30 at the default)."""
+    return [f"train.steps={steps}", f"optim.warmup_steps={steps // 10}"]
+
+
+def train_openclip(root: Path, seed: int, workdir: Path, steps: int = STEPS):
     """open_clip's own CLIP with open_clip's training defaults (open_clip_train: AdamW betas (0.9, 0.98),
     eps 1e-6, no weight decay on gains/biases/logit scale, lr warm-up from 0 then cosine, logit scale clamped
     to [0, ln 100] after each step, train transform RandomResizedCrop(0.9-1) bicubic + OpenAI mean/std)."""
@@ -169,9 +174,10 @@ def train_openclip(root: Path, seed: int, workdir: Path):
     g = torch.Generator().manual_seed(seed)
     order: list[int] = []
     model.train()
-    for step in range(STEPS):
-        lr = LR * (step + 1) / WARMUP if step < WARMUP else \
-            0.5 * (1 + math.cos(math.pi * (step - WARMUP) / (STEPS - WARMUP))) * LR
+    warmup = steps // 10
+    for step in range(steps):
+        lr = LR * (step + 1) / warmup if step < warmup else \
+            0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup))) * LR
         for group in opt.param_groups:
             group["lr"] = lr
         if len(order) < BATCH:  # epochs of a fresh permutation, drop_last
@@ -188,14 +194,16 @@ def train_openclip(root: Path, seed: int, workdir: Path):
     return model, eval_tf
 
 
-def variant_config(variant: str) -> tuple[Path | None, list[str]]:
+def variant_config(variant: str, steps: int = STEPS) -> tuple[Path | None, list[str]]:
     """One of our variants as (config file, overrides): the small-data config with the variant's overrides, or
-    the defaults with the benchmark's towers and schedule, then the variant's overrides."""
+    the defaults with the benchmark's towers and recipe, then the variant's overrides; the schedule last."""
     method, overrides, small = VARIANTS[variant]
-    return (SMALL_DATA, list(overrides)) if small else (None, [f"method.name={method}", *TOWERS, *RECIPE, *overrides])
+    if small:
+        return SMALL_DATA, [*overrides, *schedule(steps)]
+    return None, [f"method.name={method}", *TOWERS, *RECIPE, *overrides, *schedule(steps)]
 
 
-def train_ours(root: Path, variant: str, seed: int, workdir: Path, extra: list[str]):
+def train_ours(root: Path, variant: str, seed: int, workdir: Path, extra: list[str], steps: int = STEPS):
     """Our trainer through its public path, then ``declip export`` and open_clip's loader."""
     import open_clip
 
@@ -203,7 +211,7 @@ def train_ours(root: Path, variant: str, seed: int, workdir: Path, extra: list[s
     from declip.export import export_open_clip
     from declip.train.trainer import train
 
-    config_file, overrides = variant_config(variant)
+    config_file, overrides = variant_config(variant, steps)
     args = [*overrides, *extra, f"train.seed={seed}", "data.source=manifest",
             f"data.path={root / 'train.jsonl'}", f"data.root={root}", "data.num_workers=0", "data.pin_memory=false",
             "train.device=cpu", "train.ckpt_every=0", "train.tensorboard=false", "train.progress=false",
@@ -216,7 +224,7 @@ def train_ours(root: Path, variant: str, seed: int, workdir: Path, extra: list[s
 
 
 def run_one(set_name: str, variant: str, seed: int, split: str, cache: Path, wheels: Path, workdir: Path,
-            extra: list[str]) -> dict:
+            extra: list[str], steps: int = STEPS) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -225,12 +233,12 @@ def run_one(set_name: str, variant: str, seed: int, split: str, cache: Path, whe
     meta = json.loads((root / "meta.json").read_text())
     t0 = time.time()
     if variant == "openclip":
-        model, preprocess = train_openclip(root, seed, workdir)
+        model, preprocess = train_openclip(root, seed, workdir, steps)
     else:
-        model, preprocess = train_ours(root, variant, seed, workdir, extra)
+        model, preprocess = train_ours(root, variant, seed, workdir, extra, steps)
     train_s = time.time() - t0
     res = score(model, preprocess, root, meta, split)
-    return {"set": set_name, "variant": variant, "seed": seed, "split": split, "extra": extra,
+    return {"set": set_name, "variant": variant, "seed": seed, "split": split, "steps": steps, "extra": extra,
             "train_s": round(train_s, 1), **res}
 
 
@@ -259,10 +267,11 @@ def table(runs: list[dict], sets: list[str], variants: list[str]) -> str:
 
 def write_report(payload: dict, sets: list[str], variants: list[str], path: Path, notes: str = "") -> None:
     """benchmarks/results/learning.md: the table (mean +- sample std over seeds), how it was made, the notes."""
+    steps = payload.get("steps", STEPS)
     md = [f"# Learning benchmark (issue 12): {payload['split']} split", "",
           f"- date: {payload['date']}", f"- command: `{payload['command']}`", f"- machine: {payload['machine']}",
           f"- recipe: ViT 4x128 patch 8 at 32 px, text 4x128 (2 heads) context 32, embed 128; AdamW lr {LR}, "
-          f"wd {WD}, cosine with {WARMUP}-step warm-up; {STEPS} steps x batch {BATCH}; seeds 0..n-1",
+          f"wd {WD}, cosine with {steps // 10}-step warm-up; {steps} steps x batch {BATCH}; seeds 0..n-1",
           "- metrics: digits = zero-shot top-1 (%) on the held-out split (10 classes, 3 templates); digits200 = the "
           "same on the same split, trained on 200 of digits' training pairs (20 per class); emoji = "
           "image->text recall@1 (%) over the held-out images and their own Unicode names; letters = zero-shot "
@@ -279,6 +288,8 @@ def main() -> int:
     ap.add_argument("--sets", default="digits,emoji,letters")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--split", default="test", choices=["val", "test"])
+    ap.add_argument("--steps", type=int, default=STEPS,
+                    help=f"training steps for every model (default: the issue's {STEPS}); warm-up stays 10%%")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/declip-learning"))
     ap.add_argument("--wheels", default=os.path.expanduser("~/.cache/declip-learning/wheels"))
@@ -292,12 +303,15 @@ def main() -> int:
     ap.add_argument("extra", nargs="*", help="key=value overrides for every 'ours' run (recipe probes)")
     a = ap.parse_args()
     cache, wheels, work = Path(a.cache), Path(a.wheels), Path(a.workdir)
+    if a.steps < 10:
+        ap.error(f"--steps {a.steps}: the schedule needs at least 10 steps (10% of them warm up)")
+    tag = a.tag + (f"_s{a.steps}" if a.steps != STEPS else "")  # other schedules never reuse these runs
 
     if a.one:
         s, v, seed = a.one.split(":")
-        wd = work / f"{s}-{v}{a.tag}-{seed}-{a.split}"
+        wd = work / f"{s}-{v}{tag}-{seed}-{a.split}"
         wd.mkdir(parents=True, exist_ok=True)
-        res = run_one(s, v, int(seed), a.split, cache, wheels, wd, a.extra)
+        res = run_one(s, v, int(seed), a.split, cache, wheels, wd, a.extra, a.steps)
         (wd / "result.json").write_text(json.dumps(res))
         print(json.dumps(res), flush=True)
         return 0
@@ -309,13 +323,15 @@ def main() -> int:
                  f"sets: {', '.join(PRIMARY)})")
     notes = Path(a.notes).read_text() if a.notes else ""
     if a.report:  # collect every finished run in --workdir (also those of an interrupted grid)
-        runs = [json.loads(p.read_text()) for p in sorted(work.glob(f"*{a.tag}-*-{a.split}/result.json"))]
+        runs = [json.loads(p.read_text()) for p in sorted(work.glob(f"*{tag}-*-{a.split}/result.json"))]
         runs = [r for r in runs if r["set"] in sets and r["variant"] in variants and r["seed"] < a.seeds]
+        steps_arg = f" --steps {a.steps}" if a.steps != STEPS else ""
         payload = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                    "command": f"python benchmarks/learning.py --seeds {a.seeds} --sets {a.sets} --variants "
-                              f"{a.variants} --split {a.split}",
+                              f"{a.variants} --split {a.split}{steps_arg}",
                    "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared), "
-                              "1 thread per run, 2 runs at a time", "split": a.split, "extra": a.extra, "runs": runs}
+                              "1 thread per run, 2 runs at a time",
+                   "split": a.split, "steps": a.steps, "extra": a.extra, "runs": runs}
         Path(a.out + ".json").write_text(json.dumps(payload, indent=1))
         write_report(payload, sets, variants, Path(a.out + ".md"), notes)
         print(Path(a.out + ".md").read_text())
@@ -328,13 +344,13 @@ def main() -> int:
     while jobs or running:
         while jobs and len(running) < a.jobs:
             s, v, seed = jobs.pop(0)
-            done = work / f"{s}-{v}{a.tag}-{seed}-{a.split}" / "result.json"
+            done = work / f"{s}-{v}{tag}-{seed}-{a.split}" / "result.json"
             if done.is_file() and not a.rerun:  # finished earlier (an interrupted or extended grid)
                 runs.append(json.loads(done.read_text()))
                 continue
             cmd = [sys.executable, __file__, "--one", f"{s}:{v}:{seed}", "--split", a.split, "--cache", str(cache),
-                   "--wheels", str(wheels), "--workdir", str(work), f"--tag={a.tag}", *a.extra]
-            log = open(work / f"{s}-{v}{a.tag}-{seed}-{a.split}.log", "w") if work.mkdir(parents=True, exist_ok=True) \
+                   "--wheels", str(wheels), "--workdir", str(work), f"--tag={a.tag}", f"--steps={a.steps}", *a.extra]
+            log = open(work / f"{s}-{v}{tag}-{seed}-{a.split}.log", "w") if work.mkdir(parents=True, exist_ok=True) \
                 is None else None
             running.append(((s, v, seed), subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
                                                            env=env), log))
@@ -356,7 +372,7 @@ def main() -> int:
     payload = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                "command": " ".join([Path(sys.executable).name, "benchmarks/learning.py", *sys.argv[1:]]),
                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, 1 thread per run",
-               "split": a.split, "extra": a.extra, "runs": runs}
+               "split": a.split, "steps": a.steps, "extra": a.extra, "runs": runs}
     Path(str(out) + ".json").write_text(json.dumps(payload, indent=1))
     write_report(payload, sets, variants, Path(str(out) + ".md"), notes)
     print(table(runs, sets, variants))

@@ -89,7 +89,7 @@ def test_small_data_config_loads_and_differs_from_the_reference_only_where_docum
     assert cfg.model.vision.init == "open_clip"  # open_clip's ViT init, chosen on the same val split
 
 
-def test_every_learning_benchmark_variant_is_a_valid_config_and_old_recipes_keep_their_views():
+def test_every_learning_benchmark_variant_is_a_valid_config_on_any_schedule_and_old_recipes_keep_their_views():
     """A variant's overrides are only parsed inside a worker, minutes into a benchmark; check them all here. The
     earlier recipe versions must keep the views they were run with when the shipped config moves on."""
     import importlib.util
@@ -104,6 +104,11 @@ def test_every_learning_benchmark_variant_is_a_valid_config_and_old_recipes_keep
         config_file, overrides = learning.variant_config(name)  # what train_ours loads
         cfg = load_config(config_file, [*overrides, "data.source=manifest", "data.path=x.jsonl", "data.root=."])
         assert cfg.method.name == method
+        assert (cfg.train.steps, cfg.optim.warmup_steps) == (300, 30)  # the issue's schedule, 10% warm-up
+        _, longer = learning.variant_config(name, steps=900)  # --steps: the same recipe on a longer schedule
+        cfg_900 = load_config(config_file, [*longer, "data.source=manifest", "data.path=x.jsonl", "data.root=."])
+        assert (cfg_900.train.steps, cfg_900.optim.warmup_steps) == (900, 90)
+        assert cfg_900.data == cfg.data and cfg_900.method == cfg.method and cfg_900.model == cfg.model
         views[name] = (cfg.data.crop_scale, cfg.data.second_view_crop_scale or cfg.data.crop_scale)
     for old in ("declip-small-v1", "declip-small-v2", "declip-small-v3", "declip-small-v3-no-mv"):
         assert views[old] == ([0.9, 1.0], [0.9, 1.0])  # one crop range for both views until v3
