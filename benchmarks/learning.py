@@ -138,10 +138,14 @@ def score(model, preprocess, root: Path, meta: dict, split: str) -> dict[str, fl
 
 
 # ----------------------------------------------------------------------------------------------- training
+def warmup_steps(steps: int) -> int:
+    """The recipe's warm-up: 10% of the schedule, for every model."""
+    return steps // 10
+
+
 def schedule(steps: int) -> list[str]:
-    """Our overrides for a schedule of ``steps`` with the recipe's 10% warm-up (the small-data config's own
-    300 / 30 at the default)."""
-    return [f"train.steps={steps}", f"optim.warmup_steps={steps // 10}"]
+    """Our overrides for a schedule of ``steps`` (the small-data config's own 300 / 30 at the default)."""
+    return [f"train.steps={steps}", f"optim.warmup_steps={warmup_steps(steps)}"]
 
 
 def train_openclip(root: Path, seed: int, workdir: Path, steps: int = STEPS):
@@ -174,7 +178,7 @@ def train_openclip(root: Path, seed: int, workdir: Path, steps: int = STEPS):
     g = torch.Generator().manual_seed(seed)
     order: list[int] = []
     model.train()
-    warmup = steps // 10
+    warmup = warmup_steps(steps)
     for step in range(steps):
         lr = LR * (step + 1) / warmup if step < warmup else \
             0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup))) * LR
@@ -271,7 +275,7 @@ def write_report(payload: dict, sets: list[str], variants: list[str], path: Path
     md = [f"# Learning benchmark (issue 12): {payload['split']} split", "",
           f"- date: {payload['date']}", f"- command: `{payload['command']}`", f"- machine: {payload['machine']}",
           f"- recipe: ViT 4x128 patch 8 at 32 px, text 4x128 (2 heads) context 32, embed 128; AdamW lr {LR}, "
-          f"wd {WD}, cosine with {steps // 10}-step warm-up; {steps} steps x batch {BATCH}; seeds 0..n-1",
+          f"wd {WD}, cosine with {warmup_steps(steps)}-step warm-up; {steps} steps x batch {BATCH}; seeds 0..n-1",
           "- metrics: digits = zero-shot top-1 (%) on the held-out split (10 classes, 3 templates); digits200 = the "
           "same on the same split, trained on 200 of digits' training pairs (20 per class); emoji = "
           "image->text recall@1 (%) over the held-out images and their own Unicode names; letters = zero-shot "
@@ -307,9 +311,12 @@ def main() -> int:
         ap.error(f"--steps {a.steps}: the schedule needs at least 10 steps (10% of them warm up)")
     tag = a.tag + (f"_s{a.steps}" if a.steps != STEPS else "")  # other schedules never reuse these runs
 
+    def run_dir(set_name: str, variant: str, seed: int) -> Path:  # one run's folder (and, with .log, its log)
+        return work / f"{set_name}-{variant}{tag}-{seed}-{a.split}"
+
     if a.one:
         s, v, seed = a.one.split(":")
-        wd = work / f"{s}-{v}{tag}-{seed}-{a.split}"
+        wd = run_dir(s, v, seed)
         wd.mkdir(parents=True, exist_ok=True)
         res = run_one(s, v, int(seed), a.split, cache, wheels, wd, a.extra, a.steps)
         (wd / "result.json").write_text(json.dumps(res))
@@ -323,8 +330,9 @@ def main() -> int:
                  f"sets: {', '.join(PRIMARY)})")
     notes = Path(a.notes).read_text() if a.notes else ""
     if a.report:  # collect every finished run in --workdir (also those of an interrupted grid)
-        runs = [json.loads(p.read_text()) for p in sorted(work.glob(f"*{tag}-*-{a.split}/result.json"))]
-        runs = [r for r in runs if r["set"] in sets and r["variant"] in variants and r["seed"] < a.seeds]
+        # exactly this grid's folders: a glob would also take the tagged probes and other schedules
+        found = [run_dir(s, v, seed) / "result.json" for s in sets for v in variants for seed in range(a.seeds)]
+        runs = [json.loads(p.read_text()) for p in found if p.is_file()]
         steps_arg = f" --steps {a.steps}" if a.steps != STEPS else ""
         payload = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                    "command": f"python benchmarks/learning.py --seeds {a.seeds} --sets {a.sets} --variants "
@@ -344,13 +352,13 @@ def main() -> int:
     while jobs or running:
         while jobs and len(running) < a.jobs:
             s, v, seed = jobs.pop(0)
-            done = work / f"{s}-{v}{tag}-{seed}-{a.split}" / "result.json"
+            done = run_dir(s, v, seed) / "result.json"
             if done.is_file() and not a.rerun:  # finished earlier (an interrupted or extended grid)
                 runs.append(json.loads(done.read_text()))
                 continue
             cmd = [sys.executable, __file__, "--one", f"{s}:{v}:{seed}", "--split", a.split, "--cache", str(cache),
                    "--wheels", str(wheels), "--workdir", str(work), f"--tag={a.tag}", f"--steps={a.steps}", *a.extra]
-            log = open(work / f"{s}-{v}{tag}-{seed}-{a.split}.log", "w") if work.mkdir(parents=True, exist_ok=True) \
+            log = open(f"{run_dir(s, v, seed)}.log", "w") if work.mkdir(parents=True, exist_ok=True) \
                 is None else None
             running.append(((s, v, seed), subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
                                                            env=env), log))
