@@ -97,16 +97,16 @@ def test_every_learning_benchmark_variant_is_a_valid_config_on_any_schedule_and_
     spec = importlib.util.spec_from_file_location("learning", ROOT / "benchmarks" / "learning.py")
     learning = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(learning)
-    views = {}
+    views, data = {}, ["data.source=manifest", "data.path=x.jsonl", "data.root=."]
     for name, (method, _, _) in learning.VARIANTS.items():
         if method == "openclip":
             continue
         config_file, overrides = learning.variant_config(name)  # what train_ours loads
-        cfg = load_config(config_file, [*overrides, "data.source=manifest", "data.path=x.jsonl", "data.root=."])
+        cfg = load_config(config_file, [*overrides, *data])
         assert cfg.method.name == method
         assert (cfg.train.steps, cfg.optim.warmup_steps) == (300, 30)  # the schedule, 10% warm-up
         _, longer = learning.variant_config(name, steps=900)  # --steps: the same recipe on a longer schedule
-        cfg_900 = load_config(config_file, [*longer, "data.source=manifest", "data.path=x.jsonl", "data.root=."])
+        cfg_900 = load_config(config_file, [*longer, *data])
         assert (cfg_900.train.steps, cfg_900.optim.warmup_steps) == (900, 90)
         assert cfg_900.data == cfg.data and cfg_900.method == cfg.method and cfg_900.model == cfg.model
         views[name] = (cfg.data.crop_scale, cfg.data.second_view_crop_scale or cfg.data.crop_scale)
