@@ -5,8 +5,8 @@
     python benchmarks/learning.py --split val ...                 # recipe selection: score the VAL split
 
 Data: benchmarks/learning_data.py builds the real sets (scikit-learn's handwritten digits, Noto Color Emoji
-glyphs named by their Unicode names, the Latin letters of matplotlib's 22 typefaces) into a cache folder
-outside git.
+glyphs named by their Unicode names, the Latin letters of matplotlib's 22 typefaces, the freedesktop icons of
+8 Debian icon themes) into a cache folder outside git.
 
 Recipe (issue 12), identical for every model except each variant's augmentation and ViT init (the crop range
 is the one factor that ``clip`` / ``clip-crop09`` changes, the init the one that ``clip-crop09-ocinit`` adds):
@@ -247,7 +247,7 @@ def run_one(set_name: str, variant: str, seed: int, split: str, cache: Path, whe
 
 
 # ------------------------------------------------------------------------------------------------- driver
-PRIMARY = {"digits": "top1", "digits200": "top1", "emoji": "i2t_R@1", "letters": "top1"}
+PRIMARY = {"digits": "top1", "digits200": "top1", "emoji": "i2t_R@1", "letters": "top1", "icons": "top1"}
 
 
 def table(runs: list[dict], sets: list[str], variants: list[str]) -> str:
@@ -279,7 +279,8 @@ def write_report(payload: dict, sets: list[str], variants: list[str], path: Path
           "- metrics: digits = zero-shot top-1 (%) on the held-out split (10 classes, 3 templates); digits200 = the "
           "same on the same split, trained on 200 of digits' training pairs (20 per class); emoji = "
           "image->text recall@1 (%) over the held-out images and their own Unicode names; letters = zero-shot "
-          "top-1 (%) over 26 letter names on typefaces never seen in training", "",
+          "top-1 (%) over 26 letter names on typefaces never seen in training; icons = zero-shot top-1 (%) over 96 icon "
+          "names on icon themes never seen in training", "",
           table(payload["runs"], sets, variants), ""]
     if notes:
         md += [notes, ""]

@@ -18,11 +18,18 @@ Nothing here is generated: the images and their texts come from packages on PyPI
   Knuth's Computer Modern, each face black on white, centred at 32 px. The caption names the letter, its case
   and the face from the font's own name table ("the capital letter g in STIX General bold italic"). Split by
   FACE (test and val faces are never seen in training). Task: zero-shot top-1 over the 26 letter names.
+* ``icons`` -- freedesktop icons as drawn by the 8 Debian icon themes that ship 32 px PNGs (Adwaita, Faenza,
+  Tango, elementary-xfce, gnome, mate, nuoveXT2, oxygen; ``apt-get download`` + ``dpkg-deb -x`` into the
+  cache, nothing installed). Classes: the icon names that at least 7 of the 8 themes draw ("edit copy",
+  "user trash", "go next"; symlinks resolved, so one picture is one image). The caption names the icon, its
+  context folder and the theme ("the edit copy icon of the Tango theme"). Split by THEME, like letters by face:
+  test and val themes are never seen in training. Task: zero-shot top-1 over the icon names.
 
 Each set is split once, by a fixed seed, into train / val / test. ``val`` is carved from the training data
 and is the only split used to choose a recipe; ``test`` is scored only for the final table.
 
-Install: ``apt-get install fonts-noto-color-emoji`` and ``pip download scikit-learn matplotlib --no-deps -d WHEELS``.
+Install: ``apt-get install fonts-noto-color-emoji`` and ``pip download scikit-learn matplotlib --no-deps -d WHEELS``
+(the icon themes are fetched by ``apt-get download``, which needs no root).
 """
 from __future__ import annotations
 
@@ -31,6 +38,9 @@ import gzip
 import json
 import os
 import random
+import re
+import shutil
+import subprocess
 import unicodedata
 import zipfile
 from pathlib import Path
@@ -50,6 +60,17 @@ LETTER_ZS_TEMPLATES = ["the letter {}.", "a printed {}.", "the character {}."]
 CM_FACES = {"cmr10": "computer modern roman", "cmb10": "computer modern bold", "cmti10": "computer modern italic",
             "cmss10": "computer modern sans", "cmtt10": "computer modern typewriter",
             "cmmi10": "computer modern math italic"}
+ICON_THEMES = {"Adwaita": ("adwaita-icon-theme", "Adwaita"), "Faenza": ("faenza-icon-theme", "Faenza"),
+               "Tango": ("tango-icon-theme", "Tango"), "elementary-xfce": ("elementary-xfce-icon-theme",
+                                                                           "elementary Xfce"),
+               "gnome": ("gnome-icon-theme", "GNOME"), "mate": ("mate-icon-theme", "MATE"),
+               "nuoveXT2": ("lxde-icon-theme", "nuoveXT 2"), "oxygen": ("oxygen-icon-theme", "Oxygen")}
+ICON_CONTEXTS = {"actions": "action", "apps": "application", "categories": "category", "devices": "device",
+                 "emblems": "emblem", "emotes": "emote", "mimetypes": "file type", "places": "place",
+                 "status": "status"}
+ICON_CAPTIONS = ["the {w} icon of the {theme} theme", "{theme} {ctx} icon: {w}", "an icon of {w} ({theme})",
+                 "{w}, a {ctx} icon drawn for {theme}", "{theme} icon theme, {w}"]
+ICON_ZS_TEMPLATES = ["an icon of {}.", "the {} icon.", "a {} icon."]
 EMOJI_RANGES = [(0x2190, 0x21FF), (0x2300, 0x23FF), (0x2460, 0x27BF), (0x2900, 0x297F), (0x2B00, 0x2BFF),
                 (0x1F000, 0x1F1E5), (0x1F200, 0x1F3FA), (0x1F400, 0x1FAFF)]  # no regional letters/skin tones
 
@@ -222,12 +243,99 @@ def build_letters(cache: Path, wheels: Path) -> Path:
         "faces": {"test": sorted(test), "val": sorted(val)}})
 
 
+def _icon_theme_files(cache: Path) -> dict[str, dict[str, tuple[str, bool, str]]]:
+    """theme -> icon name -> (resolved file, is the real file rather than an alias, context folder), for the
+    non-symbolic 32 px PNGs. The Debian packages are downloaded and unpacked into the cache once."""
+    debs, root = cache / "icon-debs", cache / "icon-debs" / "root"
+    if not (root / "usr/share/icons/oxygen").is_dir():
+        if not shutil.which("apt-get"):
+            raise FileNotFoundError("icons needs apt-get (Debian) to download the icon theme packages")
+        debs.mkdir(parents=True, exist_ok=True)
+        packages = sorted({p for p, _ in ICON_THEMES.values()})
+        subprocess.run(["apt-get", "download", *packages], cwd=debs, check=True, capture_output=True)
+        for deb in sorted(debs.glob("*.deb")):
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    themes = {}
+    for theme in ICON_THEMES:
+        files = {}
+        for f in sorted(glob.glob(str(root / "usr/share/icons" / theme / "**" / "*.png"), recursive=True)):
+            parts = Path(f).relative_to(root / "usr/share/icons" / theme).parts
+            if not {"32", "32x32"} & set(parts) or "symbolic" in f:
+                continue
+            name = Path(f).stem
+            ctx = next((ICON_CONTEXTS[p] for p in parts if p in ICON_CONTEXTS), "other")
+            real = os.path.realpath(f)
+            files.setdefault(name, (real, Path(real).stem == name, ctx))
+        themes[theme] = files
+    return themes
+
+
+def build_icons(cache: Path, min_themes: int = 7) -> Path:
+    out = cache / "icons"
+    if (out / "meta.json").is_file():
+        return out
+    themes = _icon_theme_files(cache)
+    count = {}
+    for files in themes.values():
+        for name in files:
+            count[name] = count.get(name, 0) + 1
+    vocab = sorted(n for n, c in count.items() if c >= min_themes)
+    # synonyms: two names drawn by one file in >= 3 themes are one class, named by the name that is more often
+    # the real file (an alias is a symlink to it)
+    real = {n: sum(1 for f in themes.values() if n in f and f[n][1]) for n in vocab}
+    for a in list(vocab):
+        for b in list(vocab):
+            if a < b and a in vocab and b in vocab:
+                shared = sum(1 for f in themes.values() if a in f and b in f and f[a][0] == f[b][0])
+                if shared >= 3:
+                    vocab.remove(b if (real[a], b) >= (real[b], a) else a)
+    words = [re.sub(r"[-_.]+", " ", n) for n in vocab]
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    records, theme_of, ambiguous = [], [], []
+    for theme, files in themes.items():
+        by_file: dict[str, list[int]] = {}
+        for c, n in enumerate(vocab):
+            if n in files:
+                by_file.setdefault(files[n][0], []).append(c)
+        for path, classes in sorted(by_file.items()):
+            im = Image.open(path).convert("RGBA")
+            bg = Image.new("RGBA", im.size, "white")
+            im = Image.alpha_composite(bg, im).convert("RGB")
+            if im.size != (SIZE, SIZE):
+                im = im.resize((SIZE, SIZE), Image.LANCZOS)
+            c = classes[0]
+            fn = f"images/{theme}-{vocab[c]}.png"
+            im.save(out / fn)
+            ctx = files[vocab[c]][2]
+            cap = random.Random(f"{theme}{vocab[c]}").choice(ICON_CAPTIONS).format(
+                w=words[c], ctx=ctx, theme=ICON_THEMES[theme][1])
+            records.append({"filename": fn, "caption": cap, "label": c, "label_name": words[c], "theme": theme,
+                            "context": ctx})
+            theme_of.append(theme)
+            ambiguous.append(len(classes) > 1)
+    order = sorted(ICON_THEMES)
+    random.Random(0).shuffle(order)
+    test, val = set(order[:2]), set(order[2:3])
+    split = {"train": [i for i, t in enumerate(theme_of) if t not in test | val],
+             "val": [i for i, t in enumerate(theme_of) if t in val and not ambiguous[i]],
+             "test": [i for i, t in enumerate(theme_of) if t in test and not ambiguous[i]]}
+    train_pixels = {(out / records[i]["filename"]).read_bytes() for i in split["train"]}
+    same = sum(1 for i in split["test"] if (out / records[i]["filename"]).read_bytes() in train_pixels)
+    return _write(out, "icons", records, split, {
+        "source": "Debian " + ", ".join(sorted({p for p, _ in ICON_THEMES.values()})) + " (32 px PNGs)",
+        "task": "zeroshot", "classnames": words, "templates": ICON_ZS_TEMPLATES,
+        "themes": {"test": sorted(test), "val": sorted(val)}, "min_themes": min_themes,
+        "ambiguous_dropped": {"val": sum(ambiguous[i] for i, t in enumerate(theme_of) if t in val),
+                              "test": sum(ambiguous[i] for i, t in enumerate(theme_of) if t in test)},
+        "test_files_identical_to_a_training_file": same})
+
+
 def build_all(cache: str | Path, wheels: str | Path) -> dict[str, Path]:
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
     digits = build_digits(cache, Path(wheels))
     return {"digits": digits, "digits200": build_digits_subset(cache, digits), "emoji": build_emoji(cache),
-            "letters": build_letters(cache, Path(wheels))}
+            "letters": build_letters(cache, Path(wheels)), "icons": build_icons(cache)}
 
 
 def load_split(root: Path, part: str) -> list[dict]:
