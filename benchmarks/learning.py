@@ -279,8 +279,8 @@ def write_report(payload: dict, sets: list[str], variants: list[str], path: Path
           "- metrics: digits = zero-shot top-1 (%) on the held-out split (10 classes, 3 templates); digits200 = the "
           "same on the same split, trained on 200 of digits' training pairs (20 per class); emoji = "
           "image->text recall@1 (%) over the held-out images and their own Unicode names; letters = zero-shot "
-          "top-1 (%) over 26 letter names on typefaces never seen in training; icons = zero-shot top-1 (%) over 96 icon "
-          "names on icon themes never seen in training", "",
+          "top-1 (%) over 26 letter names on typefaces never seen in training; icons = zero-shot top-1 (%) "
+          "over 96 icon names on icon themes never seen in training", "",
           table(payload["runs"], sets, variants), ""]
     if notes:
         md += [notes, ""]

@@ -1,0 +1,59 @@
+"""The learning benchmark's icon set, built from a small fake unpacked theme tree (no apt): a bug in how aliases,
+synonyms and the theme split are handled would silently change what the benchmark measures."""
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _learning_data():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("learning_data", ROOT / "benchmarks" / "learning_data.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _icon(path: Path, colour: tuple[int, int, int]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGBA", (32, 32), (*colour, 255)).save(path)
+
+
+def test_icon_set_resolves_aliases_merges_synonyms_drops_ambiguous_and_splits_by_theme(tmp_path):
+    ld = _learning_data()
+    icons = tmp_path / "icon-debs" / "root" / "usr" / "share" / "icons"
+    for t, theme in enumerate(ld.ICON_THEMES):
+        folder = {"Faenza": "actions/32", "oxygen": "base/32x32/actions"}.get(theme, "32x32/actions")
+        base = icons / theme / folder
+        for k, name in enumerate(["edit-copy", "folder", "edit-delete", "list-remove"]):
+            _icon(base / f"{name}.png", (t * 20, k * 40, 7))
+        (base / "inode-directory.png").symlink_to("folder.png")  # an alias in every theme: one class
+        if theme == "gnome":  # one picture drawn for two different names in one theme: ambiguous there
+            (base / "list-remove.png").unlink()
+            (base / "list-remove.png").symlink_to("edit-delete.png")
+        if t < 6:
+            _icon(base / "go-next.png", (1, 2, 3))  # 6 of 8 themes: not in the vocabulary
+        _icon(icons / theme / "48x48" / "actions" / "edit-cut.png", (9, 9, 9))  # not 32 px
+        _icon(base / "edit-copy-symbolic.png", (9, 9, 9))
+    root = ld.build_icons(tmp_path)
+    meta = json.loads((root / "meta.json").read_text())
+    assert meta["classnames"] == ["edit copy", "edit delete", "folder", "list remove"]
+    test_themes, val_themes = set(meta["themes"]["test"]), set(meta["themes"]["val"])
+    assert len(test_themes) == 2 and len(val_themes) == 1 and not test_themes & val_themes
+    splits = {p: [json.loads(line) for line in (root / f"{p}.jsonl").read_text().splitlines()]
+              for p in ("train", "val", "test")}
+    assert {r["theme"] for r in splits["train"]}.isdisjoint(test_themes | val_themes)
+    assert {r["theme"] for r in splits["test"]} == test_themes
+    assert len(splits["train"]) == 5 * 4  # folder once per theme, not again as inode-directory
+    ambiguous = 1 if "gnome" in test_themes else 0
+    assert len(splits["test"]) == 2 * 4 - 2 * ambiguous and meta["ambiguous_dropped"]["test"] == ambiguous
+    for r in splits["test"]:
+        assert meta["classnames"][r["label"]] == r["label_name"] and r["label_name"] in r["caption"]
+        assert r["theme"] in r["filename"] and os.path.isfile(root / r["filename"])
+        with Image.open(root / r["filename"]) as im:
+            assert im.mode == "RGB" and im.size == (32, 32)
