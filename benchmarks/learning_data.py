@@ -33,8 +33,10 @@ Install: ``apt-get install fonts-noto-color-emoji`` and ``pip download scikit-le
 """
 from __future__ import annotations
 
+import collections
 import glob
 import gzip
+import itertools
 import json
 import os
 import random
@@ -275,20 +277,16 @@ def build_icons(cache: Path, min_themes: int = 7) -> Path:
     if (out / "meta.json").is_file():
         return out
     themes = _icon_theme_files(cache)
-    count = {}
-    for files in themes.values():
-        for name in files:
-            count[name] = count.get(name, 0) + 1
+    count = collections.Counter(name for files in themes.values() for name in files)
     vocab = sorted(n for n, c in count.items() if c >= min_themes)
     # synonyms: two names drawn by one file in >= 3 themes are one class, named by the name that is more often
-    # the real file (an alias is a symlink to it)
+    # the real file (an alias is a symlink to it); on a tie, the first in sort order
     real = {n: sum(1 for f in themes.values() if n in f and f[n][1]) for n in vocab}
-    for a in list(vocab):
-        for b in list(vocab):
-            if a < b and a in vocab and b in vocab:
-                shared = sum(1 for f in themes.values() if a in f and b in f and f[a][0] == f[b][0])
-                if shared >= 3:
-                    vocab.remove(b if (real[a], b) >= (real[b], a) else a)
+    for a, b in itertools.combinations(list(vocab), 2):
+        if a in vocab and b in vocab:
+            shared = sum(1 for f in themes.values() if a in f and b in f and f[a][0] == f[b][0])
+            if shared >= 3:
+                vocab.remove(b if real[a] >= real[b] else a)
     words = [re.sub(r"[-_.]+", " ", n) for n in vocab]
     (out / "images").mkdir(parents=True, exist_ok=True)
     records, theme_of, ambiguous = [], [], []
@@ -298,9 +296,9 @@ def build_icons(cache: Path, min_themes: int = 7) -> Path:
             if n in files:
                 by_file.setdefault(files[n][0], []).append(c)
         for path, classes in sorted(by_file.items()):
-            im = Image.open(path).convert("RGBA")
-            bg = Image.new("RGBA", im.size, "white")
-            im = Image.alpha_composite(bg, im).convert("RGB")
+            with Image.open(path) as src:
+                im = src.convert("RGBA")
+            im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im).convert("RGB")
             if im.size != (SIZE, SIZE):
                 im = im.resize((SIZE, SIZE), Image.LANCZOS)
             c = classes[0]

@@ -3,7 +3,6 @@ synonyms and the theme split are handled would silently change what the benchmar
 import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 from PIL import Image
@@ -12,7 +11,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _learning_data():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location("learning_data", ROOT / "benchmarks" / "learning_data.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
