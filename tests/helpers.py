@@ -1,12 +1,15 @@
-"""What the tests share besides fixtures (those are in conftest.py): the one tiny config and the metrics readers.
+"""What the tests share besides fixtures (those are in conftest.py): the one tiny config, the metrics readers
+and the loader of the benchmark scripts.
 
 A plain module rather than conftest.py because tests/dist_worker.py runs as a script in processes of its own
 and builds its cases from the same tiny config.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
+from types import ModuleType
 
 from declip.config import Config, dump_config, load_config
 from declip.train.metrics import read_metrics
@@ -72,3 +75,12 @@ def raw_metrics(run: Path, kind: str | None = "train") -> list[dict]:
     keeps the last record per step and skips broken lines, so it would hide exactly those faults."""
     rows = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
     return [r for r in rows if kind is None or r["kind"] == kind]
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as a module: the scripts are not a package, and their tests call into them."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

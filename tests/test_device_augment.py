@@ -286,13 +286,11 @@ def test_trainer_builds_the_stage_from_the_method_spec(tiny_cfg, method, augment
 def test_gpu_step_check_loader_fed_smoke_on_cpu():
     """The loader-fed GPU check (scripts/gpu_check.sh) end to end with tiny settings: generated JPEGs ->
     workers -> prefetcher -> device stage -> DeCLIP steps."""
-    import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_step_check.py"
-    spec = importlib.util.spec_from_file_location("gpu_step_check", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from helpers import load_benchmark
+
+    module = load_benchmark("gpu_step_check")
     result = module.main(["--device", "cpu", "--preset", "tiny-vit", "--batch-size", "2", "--steps", "1",
                           "--warmup", "0", "--image-size", "32", "--precision", "fp32", "--data", "manifest",
                           "--images", "6", "--num-workers", "0", "method.queue_size=64",

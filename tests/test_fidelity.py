@@ -92,11 +92,9 @@ def test_small_data_config_loads_and_differs_from_the_reference_only_where_docum
 def test_every_learning_benchmark_variant_is_a_valid_config_on_any_schedule_and_old_recipes_keep_their_views():
     """A variant's overrides are only parsed inside a worker, minutes into a benchmark; check them all here. The
     earlier recipe versions must keep the views they were run with when the shipped config moves on."""
-    import importlib.util
+    from helpers import load_benchmark
 
-    spec = importlib.util.spec_from_file_location("learning", ROOT / "benchmarks" / "learning.py")
-    learning = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(learning)
+    learning = load_benchmark("learning")
     views, data = {}, ["data.source=manifest", "data.path=x.jsonl", "data.root=."]
     for name, (method, _, _) in learning.VARIANTS.items():
         if method == "openclip":

@@ -1,20 +1,11 @@
 """The learning benchmark's icon set, built from a small fake unpacked theme tree (no apt): a bug in how aliases,
 synonyms and the theme split are handled would silently change what the benchmark measures."""
-import importlib.util
 import json
 import os
 from pathlib import Path
 
+from helpers import load_benchmark
 from PIL import Image
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _learning_data():
-    spec = importlib.util.spec_from_file_location("learning_data", ROOT / "benchmarks" / "learning_data.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _icon(path: Path, colour: tuple[int, int, int]) -> None:
@@ -23,7 +14,7 @@ def _icon(path: Path, colour: tuple[int, int, int]) -> None:
 
 
 def test_icon_set_resolves_aliases_merges_synonyms_drops_ambiguous_and_splits_by_theme(tmp_path):
-    ld = _learning_data()
+    ld = load_benchmark("learning_data")
     icons = tmp_path / "icon-debs" / "root" / "usr" / "share" / "icons"
     for t, theme in enumerate(ld.ICON_THEMES):
         folder = {"Faenza": "actions/32", "oxygen": "base/32x32/actions"}.get(theme, "32x32/actions")

@@ -3,10 +3,8 @@ checkpointing, channels_last, SyncBatchNorm conversion, torch.compile wiring, an
 from __future__ import annotations
 
 import copy
-import importlib.util
 import logging
 from contextlib import nullcontext
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,9 +15,8 @@ from declip.data.tokenizer import tokenize
 from declip.methods import build_method
 from declip.train.accel import SyncBNUnsupported, autocast, effective_precision, prepare_method, scaled_step
 from dist_worker import make_batch
-from helpers import TINY_RN, tiny_config, tiny_overrides
+from helpers import TINY_RN, load_benchmark, tiny_config, tiny_overrides
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -207,9 +204,7 @@ def test_compiled_towers_give_eager_outputs(monkeypatch):
 
 # ------------------------------------------------------------------------------------ GPU check script
 def test_gpu_step_check_smoke_on_cpu():
-    spec = importlib.util.spec_from_file_location("gpu_step_check", ROOT / "benchmarks" / "gpu_step_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("gpu_step_check")
     result = module.main(["--device", "cpu", "--preset", "tiny-vit", "--batch-size", "4", "--steps", "1",
                           "--warmup", "0", "--image-size", "32", "--precision", "bf16", "method.queue_size=64",
                           "method.simsiam_proj_dim=32", "method.simsiam_pred_dim=16", "model.text.context_length=16"])
