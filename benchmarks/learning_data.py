@@ -87,6 +87,21 @@ def _write(out: Path, name: str, records: list[dict], split: dict[str, list[int]
     return out
 
 
+def _split_by_group(groups: list[str], group_of: list[str], n_test: int, n_val: int,
+                    held_out_drop: list[bool] | None = None) -> tuple[dict[str, list[int]], set[str], set[str]]:
+    """Split record indices by group (a typeface, an icon theme), so test and val looks are never trained on:
+    the ``groups`` in sorted order, shuffled by a fixed seed, the first ``n_test`` to test, the next ``n_val``
+    to val. ``held_out_drop`` marks records to leave out of val and test (they still train)."""
+    groups = sorted(groups)
+    random.Random(0).shuffle(groups)
+    test, val = set(groups[:n_test]), set(groups[n_test:n_test + n_val])
+    keep = [not d for d in held_out_drop] if held_out_drop else [True] * len(group_of)
+    split = {"train": [i for i, g in enumerate(group_of) if g not in test | val],
+             "val": [i for i, g in enumerate(group_of) if g in val and keep[i]],
+             "test": [i for i, g in enumerate(group_of) if g in test and keep[i]]}
+    return split, test, val
+
+
 def _newest_wheel(wheels: Path, dist: str, project: str) -> Path:
     """The newest downloaded wheel of ``project`` (file names use the ``dist`` spelling): its data is read
     straight from the zip, the package is never installed."""
@@ -233,12 +248,7 @@ def build_letters(cache: Path, wheels: Path) -> Path:
             records.append({"filename": fn, "caption": cap, "label": string.ascii_lowercase.index(ch.lower()),
                             "label_name": ch.lower(), "face": face})
             face_of.append(key)
-    faces = sorted(fonts)
-    random.Random(0).shuffle(faces)
-    test, val = set(faces[:6]), set(faces[6:9])
-    split = {"train": [i for i, f in enumerate(face_of) if f not in test | val],
-             "val": [i for i, f in enumerate(face_of) if f in val],
-             "test": [i for i, f in enumerate(face_of) if f in test]}
+    split, test, val = _split_by_group(list(fonts), face_of, n_test=6, n_val=3)
     return _write(out, "letters", records, split, {
         "source": f"matplotlib wheel {wheel.name}: mpl-data/fonts/ttf ({len(fonts)} faces)",
         "task": "zeroshot", "classnames": list(string.ascii_lowercase), "templates": LETTER_ZS_TEMPLATES,
@@ -311,12 +321,7 @@ def build_icons(cache: Path, min_themes: int = 7) -> Path:
                             "context": ctx})
             theme_of.append(theme)
             ambiguous.append(len(classes) > 1)
-    order = sorted(ICON_THEMES)
-    random.Random(0).shuffle(order)
-    test, val = set(order[:2]), set(order[2:3])
-    split = {"train": [i for i, t in enumerate(theme_of) if t not in test | val],
-             "val": [i for i, t in enumerate(theme_of) if t in val and not ambiguous[i]],
-             "test": [i for i, t in enumerate(theme_of) if t in test and not ambiguous[i]]}
+    split, test, val = _split_by_group(list(ICON_THEMES), theme_of, n_test=2, n_val=1, held_out_drop=ambiguous)
     train_pixels = {(out / records[i]["filename"]).read_bytes() for i in split["train"]}
     same = sum(1 for i in split["test"] if (out / records[i]["filename"]).read_bytes() in train_pixels)
     return _write(out, "icons", records, split, {
