@@ -9,7 +9,8 @@ glyphs named by their Unicode names, the Latin letters of matplotlib's 22 typefa
 8 Debian icon themes) into a cache folder outside git.
 
 Recipe (issue 12), identical for every model except each variant's augmentation and ViT init (the crop range
-is the one factor that ``clip`` / ``clip-crop09`` changes, the init the one that ``clip-crop09-ocinit`` adds):
+is the one factor that ``clip`` / ``clip-crop09`` changes, the init the one that ``clip-crop09-ocinit`` adds,
+the crop's resize the one that ``clip-crop09-ocinit-bicubic`` adds):
 tiny towers (ViT 4 x 128, patch 8, 32 px;
 text 4 x 128, heads 2, context 32; embed 128), AdamW lr 5e-4, weight decay 0.1, cosine with 10% warm-up,
 300 steps x batch 64 (``--steps`` runs every model, the open_clip peer included, on a longer schedule with
@@ -59,6 +60,9 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     # and open_clip's ViT init (model.vision.init): our CLIP with the two open_clip defaults that differ from
     # the reference recipe
     "clip-crop09-ocinit": ("clip", ["data.crop_scale=[0.9,1.0]", "model.vision.init=open_clip"], False),
+    # and open_clip's crop resize too (bicubic instead of the reference's bilinear; round 8)
+    "clip-crop09-ocinit-bicubic": ("clip", ["data.crop_scale=[0.9,1.0]", "model.vision.init=open_clip",
+                                            "data.crop_interpolation=bicubic"], False),
     "clip-ocinit": ("clip", ["model.vision.init=open_clip"], False),  # the same init at the reference crop 0.5-1
     # and at the small-data DeCLIP's second-view crop 0.7-1
     "clip-crop07-ocinit": ("clip", ["data.crop_scale=[0.7,1.0]", "model.vision.init=open_clip"], False),

@@ -344,3 +344,30 @@ def test_trainer_takes_the_second_view_crop_range_and_clip_refuses_it(tmp_path):
         tiny_config("method.name=clip", "data.second_view_crop_scale=[0.5, 1.0]")
     with pytest.raises(ConfigError, match=r"data.second_view_crop_scale: \[\] or \[min, max\]"):
         tiny_config("method.name=declip", "data.second_view_crop_scale=[0.5]")
+
+
+def test_crop_interpolation_bicubic_is_pils_bicubic_and_reaches_the_views(tmp_path):
+    """``data.crop_interpolation=bicubic`` resizes each crop as open_clip's training crop does (PIL bicubic, to
+    within one level of 255); the default stays the reference's bilinear, which differs from it."""
+    from declip.train.trainer import Trainer
+    from helpers import tiny_config
+
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 256, (29, 31, 3), dtype=np.uint8))
+    bicubic, bilinear = CropViews(32, 1, (0.8, 0.9), interpolation="bicubic"), CropViews(32, 1, (0.8, 0.9))
+    torch.manual_seed(5)
+    box = bicubic.crop.make_params([image])
+    pil = image.crop((box["left"], box["top"], box["left"] + box["width"], box["top"] + box["height"]))
+    expected = torch.from_numpy(np.asarray(pil.resize((32, 32), Image.BICUBIC)).copy()).permute(2, 0, 1).int()
+    diffs = []
+    for views in (bicubic, bilinear):
+        torch.manual_seed(5)
+        diffs.append((views(image)["images"][0].int() - expected).abs())
+    assert diffs[0].max() <= 1  # rounding only
+    assert diffs[1].float().mean() > 3  # a different filter
+    with pytest.raises(ValueError, match="unknown crop interpolation 'nearest'"):
+        CropViews(32, 1, (0.8, 0.9), interpolation="nearest")
+    trainer = Trainer(tiny_config("method.name=declip", "data.crop_interpolation=bicubic",
+                                  f"train.output_dir={tmp_path}"))
+    assert trainer.loader.dataset.views.interpolation == v2.InterpolationMode.BICUBIC
+    trainer.close()

@@ -110,6 +110,8 @@ class DataConfig:
     # The second view's crop range, where a method takes two views (DeCLIP); [] = the same as the first view's.
     # A wider range here gives the multi-view term a harder view while the first keeps the one CLIP would see.
     second_view_crop_scale: list[float] = field(default_factory=list)
+    # How a crop is resized to the training size: bilinear (the reference's) or bicubic (open_clip's training crop).
+    crop_interpolation: Literal["bilinear", "bicubic"] = "bilinear"
 
     def validate(self, check: Check) -> None:
         check(self.num_workers >= 0, "data.num_workers", "must be >= 0")

@@ -40,13 +40,15 @@ class DataSpec:
     text: TextSpec = TextSpec()
     crop_scale: tuple[float, float] | None = None  # RandomResizedCrop area range; None = the augment's reference
     second_view_crop_scale: tuple[float, float] | None = None  # the second view's; None = as the first's
+    crop_interpolation: str = "bilinear"  # the crops' resize: bilinear (the reference's) | bicubic
 
-    def with_crop_ranges(self, data) -> DataSpec:
+    def with_user_crops(self, data) -> DataSpec:
         """The spec with the user's crop ranges (``data.crop_scale`` / ``data.second_view_crop_scale``), where
-        set, in place of the method's reference ones."""
+        set, in place of the method's reference ones, and the user's ``data.crop_interpolation``."""
         first = tuple(data.crop_scale) if data.crop_scale else self.crop_scale
         second = tuple(data.second_view_crop_scale) if data.second_view_crop_scale else self.second_view_crop_scale
-        return replace(self, crop_scale=first, second_view_crop_scale=second)
+        return replace(self, crop_scale=first, second_view_crop_scale=second,
+                       crop_interpolation=data.crop_interpolation)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -88,7 +90,8 @@ class PairDataset(Dataset):
     def __init__(self, source: Source, spec: DataSpec, image_size: int, seed: int = 0, views=None):
         self.source, self.spec, self.seed = source, spec, seed
         self.views = views if views is not None else build_train_views(
-            spec.augment, image_size, spec.n_views, spec.crop_scale, spec.second_view_crop_scale)
+            spec.augment, image_size, spec.n_views, spec.crop_scale, spec.second_view_crop_scale,
+            spec.crop_interpolation)
         self.text = TextPipeline(spec.text)
 
     def __len__(self) -> int:

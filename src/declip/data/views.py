@@ -31,6 +31,7 @@ from torchvision.transforms.v2 import functional as F
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 REFERENCE_SIZE = 224  # the resolution MoCo v2's pixel-valued settings were tuned at
+RESIZE_MODES = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC}
 
 
 def blur_sigma_range(size: int, sigma: tuple[float, float] = (0.1, 2.0)) -> tuple[float, float]:
@@ -173,11 +174,16 @@ class CropViews:
     device stage's parameters ``aug_params`` [n, N_PARAMS]. All randomness comes from torch's global
     generator, which the loader seeds per sample; the crop is drawn first, by the same transform class as
     the reference pipeline, so under one seed both crop identically. ``second_scale``: the crop area range of
-    every view after the first (``None``: ``scale``); the draws per view are the same whatever the ranges."""
+    every view after the first (``None``: ``scale``); the draws per view are the same whatever the ranges.
+    ``interpolation``: the crops' resize, ``bilinear`` (the reference's) or ``bicubic`` (open_clip's training
+    crop; torch's antialiased uint8 bicubic is PIL's bicubic to within 1/255). On 32 px images the choice shows
+    in the score, either way round (benchmarks/results/learning.md, round 8: icons vs emoji)."""
 
     def __init__(self, size: int, n: int, scale: tuple[float, float], augment: ViewAugment | None = None,
-                 second_scale: tuple[float, float] | None = None):
-        self.size = size
+                 second_scale: tuple[float, float] | None = None, interpolation: str = "bilinear"):
+        if interpolation not in RESIZE_MODES:
+            raise ValueError(f"unknown crop interpolation {interpolation!r} ({' | '.join(RESIZE_MODES)})")
+        self.size, self.interpolation = size, RESIZE_MODES[interpolation]
         self.crop = v2.RandomResizedCrop(size, scale=scale, antialias=True)
         later = v2.RandomResizedCrop(size, scale=second_scale, antialias=True) if second_scale else self.crop
         self.crops = [self.crop] + [later] * (n - 1)
@@ -190,8 +196,8 @@ class CropViews:
             box = resized_crop.make_params([image])  # top, left, height, width: the reference's draws
             top, left = box["top"], box["left"]
             crop = pixels[None, :, top:top + box["height"], left:left + box["width"]]
-            # torch's uint8 antialiased bilinear resize (the reference's PIL resize to within 1/255, ~3x faster)
-            view = F.resize(crop, [self.size, self.size], antialias=True)[0]
+            # torch's uint8 antialiased resize (bilinear: the reference's PIL resize to within 1/255, ~3x faster)
+            view = F.resize(crop, [self.size, self.size], interpolation=self.interpolation, antialias=True)[0]
             if self.augment is not None:
                 p = self.augment.draw()
                 if p[P_FLIP] > 0:
@@ -208,11 +214,13 @@ REFERENCE_CROP_SCALE = {"mocov2": (0.2, 1.0), "clip": (0.5, 1.0)}
 
 
 def build_train_views(augment: str, size: int, n_views: int, crop_scale: tuple[float, float] | None = None,
-                      second_view_crop_scale: tuple[float, float] | None = None) -> CropViews:
+                      second_view_crop_scale: tuple[float, float] | None = None,
+                      crop_interpolation: str = "bilinear") -> CropViews:
     """The CPU stage for a method's ``DataSpec.augment``: ``mocov2`` = RRC(0.2-1) + flip + MoCo v2 colour/blur
     parameters; ``clip`` = RRC(0.5-1) only (the device stage just normalises). ``crop_scale`` replaces the
-    reference's crop area range (``data.crop_scale``), ``second_view_crop_scale`` the later views' range."""
+    reference's crop area range (``data.crop_scale``), ``second_view_crop_scale`` the later views' range,
+    ``crop_interpolation`` the crops' resize (``data.crop_interpolation``)."""
     if augment not in ("mocov2", "clip"):
         raise ValueError(f"unknown augment {augment!r} (clip | mocov2)")
     return CropViews(size, n_views, crop_scale or REFERENCE_CROP_SCALE[augment],
-                     ViewAugment() if augment == "mocov2" else None, second_view_crop_scale)
+                     ViewAugment() if augment == "mocov2" else None, second_view_crop_scale, crop_interpolation)

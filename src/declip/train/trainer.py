@@ -79,7 +79,7 @@ class Trainer:
         if state is not None:
             self._restore(path, state, changes)
 
-        spec = self.method.data_spec(cfg).with_crop_ranges(cfg.data)  # the user's crop ranges, where set
+        spec = self.method.data_spec(cfg).with_user_crops(cfg.data)  # the user's crop ranges and resize, where set
         dataset = PairDataset(source, spec, cfg.model.vision.image_size, tr.seed)
         self.device_stage = build_device_stage(spec, cfg.model.vision.image_size)  # uint8 crops -> augmented,
         # normalised views, batched on the training device (the workers only decode and crop)
