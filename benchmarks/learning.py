@@ -21,7 +21,9 @@ training defaults (its train transform, AdamW betas/eps, warm-up from 0, paramet
 Every model is then scored by the same code (``score``): open_clip's eval transform with the model's own
 mean/std, declip.eval.zeroshot for zero-shot, a local recall@k for retrieval.
 
-Writes benchmarks/results/learning.md (mean +- std per cell) and learning.json (every run's numbers).
+Writes benchmarks/results/learning.md (mean +- std per cell) and learning.json (every run's numbers). The run
+folders (--workdir) are scratch; learning.json is the record: a run it holds at the same split and schedule is
+reused, not trained again, and ``--report`` rebuilds the table from both, on any machine.
 """
 from __future__ import annotations
 
@@ -291,6 +293,20 @@ def write_report(payload: dict, sets: list[str], variants: list[str], path: Path
     path.write_text("\n".join(md))
 
 
+def recorded_runs(out_json: Path, split: str, steps: int) -> dict[tuple[str, str, int], dict]:
+    """(set, variant, seed) -> run, for the runs the report's JSON already holds at this split and schedule.
+
+    The run folders live in a scratch --workdir that a fresh machine does not have; the JSON is what the
+    project keeps. A grid reuses these runs instead of training them again, and --report keeps them, so a
+    report regenerated elsewhere still has every row it had."""
+    if not out_json.is_file():
+        return {}
+    payload = json.loads(out_json.read_text())
+    if payload.get("split") != split or payload.get("steps", STEPS) != steps:
+        return {}
+    return {(r["set"], r["variant"], int(r["seed"])): r for r in payload["runs"]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=3)
@@ -334,10 +350,17 @@ def main() -> int:
         ap.error(f"unknown variant or set: {', '.join(unknown)} (variants: {', '.join(VARIANTS)}; "
                  f"sets: {', '.join(PRIMARY)})")
     notes = Path(a.notes).read_text() if a.notes else ""
+    # a tagged probe or one with overrides is not the grid its --out JSON records
+    recorded = recorded_runs(Path(a.out + ".json"), a.split, a.steps) if not (a.tag or a.extra) else {}
     if a.report:  # collect every finished run in --workdir (also those of an interrupted grid)
         # exactly this grid's folders: a glob would also take the tagged probes and other schedules
-        found = [run_dir(s, v, seed) / "result.json" for s in sets for v in variants for seed in range(a.seeds)]
-        runs = [json.loads(p.read_text()) for p in found if p.is_file()]
+        runs = []
+        for key in [(s, v, seed) for s in sets for v in variants for seed in range(a.seeds)]:
+            found = run_dir(*key) / "result.json"
+            if found.is_file():
+                runs.append(json.loads(found.read_text()))
+            elif key in recorded:
+                runs.append(recorded[key])
         steps_arg = f" --steps {a.steps}" if a.steps != STEPS else ""
         payload = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                    "command": f"python benchmarks/learning.py --seeds {a.seeds} --sets {a.sets} --variants "
@@ -349,8 +372,9 @@ def main() -> int:
         write_report(payload, sets, variants, Path(a.out + ".md"), notes)
         print(Path(a.out + ".md").read_text())
         return 0
-    build_all(cache, wheels)
     jobs = [(s, v, seed) for seed in range(a.seeds) for s in sets for v in variants]
+    if a.rerun or any(not (run_dir(*j) / "result.json").is_file() and j not in recorded for j in jobs):
+        build_all(cache, wheels)  # once here, not in two workers at a time
     runs, running = [], []
     start = time.time()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -360,6 +384,9 @@ def main() -> int:
             done = run_dir(s, v, seed) / "result.json"
             if done.is_file() and not a.rerun:  # finished earlier (an interrupted or extended grid)
                 runs.append(json.loads(done.read_text()))
+                continue
+            if (s, v, seed) in recorded and not a.rerun:  # in the report's JSON (made on another machine)
+                runs.append(recorded[(s, v, seed)])
                 continue
             cmd = [sys.executable, __file__, "--one", f"{s}:{v}:{seed}", "--split", a.split, "--cache", str(cache),
                    "--wheels", str(wheels), "--workdir", str(work), f"--tag={a.tag}", f"--steps={a.steps}", *a.extra]
@@ -386,7 +413,9 @@ def main() -> int:
                "command": " ".join([Path(sys.executable).name, "benchmarks/learning.py", *sys.argv[1:]]),
                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, 1 thread per run",
                "split": a.split, "steps": a.steps, "extra": a.extra, "runs": runs}
-    Path(str(out) + ".json").write_text(json.dumps(payload, indent=1))
+    grid = {(s, v, seed) for s in sets for v in variants for seed in range(a.seeds)}
+    kept = [r for key, r in recorded.items() if key not in grid]  # a sub-grid never drops the JSON's other runs
+    Path(str(out) + ".json").write_text(json.dumps({**payload, "runs": runs + kept}, indent=1))
     write_report(payload, sets, variants, Path(str(out) + ".md"), notes)
     print(table(runs, sets, variants))
     return 0

@@ -46,3 +46,49 @@ def test_icon_set_resolves_aliases_merges_synonyms_drops_ambiguous_and_splits_by
         assert r["theme"] in r["filename"] and os.path.isfile(root / r["filename"])
         with Image.open(root / r["filename"]) as im:
             assert im.mode == "RGB" and im.size == (32, 32)
+
+
+def _recorded(tmp_path: Path, runs: list[tuple[str, str, int, float]], steps: int = 300) -> Path:
+    out = tmp_path / "results" / "learning"
+    out.parent.mkdir()
+    (tmp_path / "results" / "learning.json").write_text(json.dumps({"split": "test", "steps": steps, "runs": [
+        {"set": s, "variant": v, "seed": seed, "split": "test", "top1": top1, "train_s": 1.0}
+        for s, v, seed, top1 in runs]}))
+    return out
+
+
+def test_report_keeps_the_runs_its_json_records_when_the_workdir_is_gone(tmp_path, monkeypatch):
+    """The run folders are scratch (a fresh machine has none): --report must rebuild the table from the JSON, and
+    a grid must neither retrain a recorded run nor drop the JSON's runs outside it."""
+    lb = load_benchmark("learning")
+    out = _recorded(tmp_path, [("digits", "openclip", 0, 90.0), ("digits", "openclip", 1, 92.0),
+                               ("letters", "clip", 0, 40.0)])
+    base = ["learning.py", "--workdir", str(tmp_path / "empty"), "--out", str(out), "--cache", str(tmp_path / "none")]
+    monkeypatch.setattr("sys.argv", [*base, "--report", "--seeds", "2", "--sets", "digits", "--variants", "openclip"])
+    assert lb.main() == 0
+    assert "| openclip | 91.0 +- 1.4 (n=2) |" in (tmp_path / "results" / "learning.md").read_text()
+    assert len(json.loads((tmp_path / "results" / "learning.json").read_text())["runs"]) == 2
+
+    grid_dir = tmp_path / "grid"
+    grid_dir.mkdir()
+    out = _recorded(grid_dir, [("digits", "openclip", 0, 90.0), ("letters", "clip", 0, 40.0)])
+    base[base.index("--out") + 1] = str(out)
+    monkeypatch.setattr("sys.argv", [*base, "--seeds", "1", "--sets", "digits", "--variants", "openclip"])
+
+    def no_training(*args):
+        raise AssertionError("a recorded run would be trained again")
+
+    monkeypatch.setattr(lb, "build_all", no_training)
+    assert lb.main() == 0
+    runs = json.loads((grid_dir / "results" / "learning.json").read_text())["runs"]
+    assert sorted((r["set"], r["top1"]) for r in runs) == [("digits", 90.0), ("letters", 40.0)]
+
+
+def test_recorded_runs_are_only_those_of_the_same_split_and_schedule(tmp_path):
+    lb = load_benchmark("learning")
+    out = _recorded(tmp_path, [("icons", "openclip", 0, 10.0)], steps=900)
+    assert lb.recorded_runs(Path(str(out) + ".json"), "test", 900) == {
+        ("icons", "openclip", 0): {"set": "icons", "variant": "openclip", "seed": 0, "split": "test",
+                                   "top1": 10.0, "train_s": 1.0}}
+    assert lb.recorded_runs(Path(str(out) + ".json"), "test", 300) == {}
+    assert lb.recorded_runs(Path(str(out) + ".json"), "val", 900) == {}
