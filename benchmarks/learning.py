@@ -53,6 +53,7 @@ TOWERS = ["model.preset=tiny-vit", "model.vision.image_size=32", "model.vision.l
 RECIPE = [f"optim.lr={LR}", f"optim.weight_decay={WD}", f"train.batch_size={BATCH}"]
 SMALL_DATA = HERE.parent / "configs" / "declip_small_data.yaml"
 VIEW2_09, VIEW2_05 = "data.second_view_crop_scale=[0.9,1.0]", "data.second_view_crop_scale=[0.5,1.0]"
+VIEW2_07 = "data.second_view_crop_scale=[0.7,1.0]"
 
 # name -> (method, extra overrides, use the small-data config file)
 VARIANTS: dict[str, tuple[str, list[str], bool]] = {
@@ -78,7 +79,7 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
                                 "method.nn_weight=0"], False),
     "declip-no-mv": ("declip", ["method.queue_size=4096", "method.simsiam_proj_dim=256",
                                 "method.simsiam_pred_dim=64", "method.multi_view=false"], False),
-    "declip-small": ("declip", [], True),  # configs/declip_small_data.yaml as shipped (second view crop 0.7-1)
+    "declip-small": ("declip", [], True),  # configs/declip_small_data.yaml as shipped (v3 since round 9)
     # its ablations: one supervision removed (its weight 0 / one contrastive view)
     "declip-small-no-nn": ("declip", ["method.nn_weight=0"], True),
     "declip-small-no-mv": ("declip", ["method.multi_view=false"], True),
@@ -87,9 +88,9 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     # the config comment's advice for a few hundred pairs: both views at 0.5-1
     "declip-small-fewpairs": ("declip", ["data.crop_scale=[0.5,1.0]", "data.second_view_crop_scale=[0.5,1.0]"],
                               True),
-    # earlier versions, each pinned to what it was run with (both views at one crop range until v3): v0 (crops
+    # every version, each pinned to what it was run with (both views at one crop range but in v4): v0 (crops
     # 0.5-1), v1 (crops 0.9-1), v2 (+ NN excludes self), all three with the reference ViT init; v3 (v2 +
-    # open_clip's ViT init)
+    # open_clip's ViT init; shipped in round 4 and again since round 9)
     "declip-small-crop05": ("declip", ["model.vision.init=reference", "data.crop_scale=[0.5,1.0]", VIEW2_05,
                                        "method.nn_exclude_self=false"], True),
     "declip-small-v1": ("declip", ["model.vision.init=reference", VIEW2_09, "method.nn_exclude_self=false"], True),
@@ -97,6 +98,10 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     "declip-small-v3": ("declip", [VIEW2_09], True),
     "declip-small-v3-no-nn": ("declip", [VIEW2_09, "method.nn_weight=0"], True),
     "declip-small-v3-no-mv": ("declip", [VIEW2_09, "method.multi_view=false"], True),
+    # v4 (rounds 5-8): v3 with its second view cropped at 0.7-1, and its ablations
+    "declip-small-v4": ("declip", [VIEW2_07], True),
+    "declip-small-v4-no-nn": ("declip", [VIEW2_07, "method.nn_weight=0"], True),
+    "declip-small-v4-no-mv": ("declip", [VIEW2_07, "method.multi_view=false"], True),
     # v2's ablations: one supervision removed, or all four; and v2 at the reference's crop range (DeCLIP's own
     # gain over the `clip` row, crop for crop)
     "declip-small-v2-full": ("declip", ["model.vision.init=reference", VIEW2_09, "method.clip_weight=0.4",
