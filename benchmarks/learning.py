@@ -357,15 +357,15 @@ def main() -> int:
     notes = Path(a.notes).read_text() if a.notes else ""
     # a tagged probe or one with overrides is not the grid its --out JSON records
     recorded = recorded_runs(Path(a.out + ".json"), a.split, a.steps) if not (a.tag or a.extra) else {}
+    grid = [(s, v, seed) for s in sets for v in variants for seed in range(a.seeds)]
+
+    def finished(key: tuple[str, str, int]) -> dict | None:  # this run's result: its folder's, else the JSON's
+        done = run_dir(*key) / "result.json"
+        return json.loads(done.read_text()) if done.is_file() else recorded.get(key)
+
     if a.report:  # collect every finished run in --workdir (also those of an interrupted grid)
         # exactly this grid's folders: a glob would also take the tagged probes and other schedules
-        runs = []
-        for key in [(s, v, seed) for s in sets for v in variants for seed in range(a.seeds)]:
-            found = run_dir(*key) / "result.json"
-            if found.is_file():
-                runs.append(json.loads(found.read_text()))
-            elif key in recorded:
-                runs.append(recorded[key])
+        runs = [run for run in map(finished, grid) if run is not None]
         steps_arg = f" --steps {a.steps}" if a.steps != STEPS else ""
         payload = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                    "command": f"python benchmarks/learning.py --seeds {a.seeds} --sets {a.sets} --variants "
@@ -378,7 +378,7 @@ def main() -> int:
         print(Path(a.out + ".md").read_text())
         return 0
     jobs = [(s, v, seed) for seed in range(a.seeds) for s in sets for v in variants]
-    if a.rerun or any(not (run_dir(*j) / "result.json").is_file() and j not in recorded for j in jobs):
+    if a.rerun or any(finished(j) is None for j in jobs):
         build_all(cache, wheels)  # once here, not in two workers at a time
     runs, running = [], []
     start = time.time()
@@ -386,12 +386,9 @@ def main() -> int:
     while jobs or running:
         while jobs and len(running) < a.jobs:
             s, v, seed = jobs.pop(0)
-            done = run_dir(s, v, seed) / "result.json"
-            if done.is_file() and not a.rerun:  # finished earlier (an interrupted or extended grid)
-                runs.append(json.loads(done.read_text()))
-                continue
-            if (s, v, seed) in recorded and not a.rerun:  # in the report's JSON (made on another machine)
-                runs.append(recorded[(s, v, seed)])
+            earlier = None if a.rerun else finished((s, v, seed))  # an interrupted or extended grid, or the JSON
+            if earlier is not None:
+                runs.append(earlier)
                 continue
             cmd = [sys.executable, __file__, "--one", f"{s}:{v}:{seed}", "--split", a.split, "--cache", str(cache),
                    "--wheels", str(wheels), "--workdir", str(work), f"--tag={a.tag}", f"--steps={a.steps}", *a.extra]
@@ -418,7 +415,6 @@ def main() -> int:
                "command": " ".join([Path(sys.executable).name, "benchmarks/learning.py", *sys.argv[1:]]),
                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, 1 thread per run",
                "split": a.split, "steps": a.steps, "extra": a.extra, "runs": runs}
-    grid = {(s, v, seed) for s in sets for v in variants for seed in range(a.seeds)}
     kept = [r for key, r in recorded.items() if key not in grid]  # a sub-grid never drops the JSON's other runs
     Path(str(out) + ".json").write_text(json.dumps({**payload, "runs": runs + kept}, indent=1))
     write_report(payload, sets, variants, Path(str(out) + ".md"), notes)
