@@ -66,6 +66,12 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     # and open_clip's crop resize too (bicubic instead of the reference's bilinear; round 8)
     "clip-crop09-ocinit-bicubic": ("clip", ["data.crop_scale=[0.9,1.0]", "model.vision.init=open_clip",
                                             "data.crop_interpolation=bicubic"], False),
+    # and open_clip's logit-scale floor (log 0 instead of the reference's 3; round 10)
+    "clip-crop09-ocinit-floor0": ("clip", ["data.crop_scale=[0.9,1.0]", "model.vision.init=open_clip",
+                                           "model.logit_scale_min=0"], False),
+    # and open_clip's warm-up start (lr from 0 instead of the reference's 1e-4; round 10)
+    "clip-crop09-ocinit-wu0": ("clip", ["data.crop_scale=[0.9,1.0]", "model.vision.init=open_clip",
+                                        "optim.warmup_start_lr=0"], False),
     "clip-ocinit": ("clip", ["model.vision.init=open_clip"], False),  # the same init at the reference crop 0.5-1
     # and at the small-data DeCLIP's second-view crop 0.7-1
     "clip-crop07-ocinit": ("clip", ["data.crop_scale=[0.7,1.0]", "model.vision.init=open_clip"], False),
@@ -98,6 +104,8 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     "declip-small-v3": ("declip", [VIEW2_09], True),
     "declip-small-v3-no-nn": ("declip", [VIEW2_09, "method.nn_weight=0"], True),
     "declip-small-v3-no-mv": ("declip", [VIEW2_09, "method.multi_view=false"], True),
+    # v3 with both crops resized bicubic (round 10), to be read against clip-crop09-ocinit-bicubic
+    "declip-small-v3-bicubic": ("declip", [VIEW2_09, "data.crop_interpolation=bicubic"], True),
     # v4 (rounds 5-8): v3 with its second view cropped at 0.7-1, and its ablations
     "declip-small-v4": ("declip", [VIEW2_07], True),
     "declip-small-v4-no-nn": ("declip", [VIEW2_07, "method.nn_weight=0"], True),

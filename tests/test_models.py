@@ -94,3 +94,23 @@ def test_logit_scale_cap_keeps_the_gradient():
     assert scale.item() == pytest.approx(1 / 0.07, rel=1e-5)
     scale.backward()
     assert clip.logit_scale.grad.item() == pytest.approx(1 / 0.07, rel=1e-5)
+
+
+def test_logit_scale_floor_is_the_reference_unless_set():
+    """After each step log(scale) is clamped into [model.logit_scale_min, 6]: the reference's floor 3 lifts
+    the init 1/0.07 (log 2.66) to 20.1 at once; open_clip's floor 0 leaves it; the ceiling stays 6."""
+    import math
+
+    from declip.methods import build_method
+
+    for floor, expected in ((None, 3.0), (0.0, math.log(1 / 0.07))):
+        cfg = load_config(None, ["method.name=clip"] + ([] if floor is None else [f"model.logit_scale_min={floor}"]))
+        method = build_method(cfg)
+        method.after_step()
+        assert method.clip.logit_scale.item() == pytest.approx(expected, rel=1e-6)
+        with torch.no_grad():
+            method.clip.logit_scale.fill_(7.0)
+        method.after_step()
+        assert method.clip.logit_scale.item() == pytest.approx(6.0)
+    with pytest.raises(ConfigError, match="model.logit_scale_min"):
+        load_config(None, ["model.logit_scale_min=-1"])

@@ -77,16 +77,25 @@ class TextConfig:
               "must hold the CLIP BPE vocabulary + mask token (49409)")
 
 
+LOGIT_SCALE_MAX = 6.0  # ceiling of log(logit scale): the reference's (models/towers.py clamps into it)
+
+
 @dataclass
 class ModelConfig:
     preset: PresetName = "tiny-vit"  # fills the fields below unless they are set explicitly; see PRESETS
     embed_dim: int = 128
     quick_gelu: bool = True
+    # floor of log(logit scale), applied after every optimizer step: the reference's 3 (scale >= 20.1, so the
+    # init 1/0.07 = 14.3 lasts one step); open_clip's is 0. The ceiling stays the reference's 6 (the value is
+    # capped at 100 anyway)
+    logit_scale_min: float = 3.0
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
 
     def validate(self, check: Check) -> None:
         check(self.embed_dim > 0, "model.embed_dim", "must be > 0")
+        check(0.0 <= self.logit_scale_min < LOGIT_SCALE_MAX, "model.logit_scale_min",
+              f"must be in [0, {LOGIT_SCALE_MAX}) (log space; the reference's 3, open_clip's 0)")
         self.vision.validate(check)
         self.text.validate(check)
 

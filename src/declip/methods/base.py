@@ -31,8 +31,9 @@ class Method(nn.Module):
 
     @torch.no_grad()
     def after_step(self, applied: torch.Tensor | None = None) -> None:
-        """Called after every optimizer step: the reference clamps log(logit scale) into [3, 6]. ``applied``
-        (0 or 1, on the device) says whether the step updated the weights, when the trainer decides a non-finite
-        skip on the device; a skipped step leaves the weights as they were, so it is not counted."""
-        clamp_logit_scale(self.clip)
+        """Called after every optimizer step: the reference clamps log(logit scale) into [3, 6] (the floor is
+        ``model.logit_scale_min``). ``applied`` (0 or 1, on the device) says whether the step updated the
+        weights, when the trainer decides a non-finite skip on the device; a skipped step leaves the weights as
+        they were, so it is not counted."""
+        clamp_logit_scale(self.clip, self.cfg.model.logit_scale_min)
         self.steps_done += 1 if applied is None else applied.to(self.steps_done.dtype)

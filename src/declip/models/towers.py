@@ -14,11 +14,10 @@ import torch
 import torch.nn as nn
 from open_clip.model import CustomTextCLIP
 
-from ..config import ModelConfig
+from ..config import LOGIT_SCALE_MAX, ModelConfig
 from ..vocab import EOT_ID
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
-LOGIT_SCALE_MIN, LOGIT_SCALE_MAX = 3.0, 6.0  # log space: effective scale in [20.1, 100] (reference clamp)
 
 
 def open_clip_model_cfg(cfg: ModelConfig) -> dict:
@@ -81,8 +80,10 @@ def encode_text_with_tokens(clip: CustomTextCLIP, ids: torch.Tensor) -> tuple[to
 
 
 @torch.no_grad()
-def clamp_logit_scale(clip: CustomTextCLIP) -> None:
-    clip.logit_scale.clamp_(LOGIT_SCALE_MIN, LOGIT_SCALE_MAX)
+def clamp_logit_scale(clip: CustomTextCLIP, floor: float) -> None:
+    """log(logit scale) into [floor, 6]: the reference's [3, 6] keeps the effective scale in [20.1, 100]
+    (``model.logit_scale_min`` sets the floor; open_clip's is 0)."""
+    clip.logit_scale.clamp_(floor, LOGIT_SCALE_MAX)
 
 
 LOGIT_SCALE_CAP = 100.0
