@@ -104,6 +104,8 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     "declip-small-v3": ("declip", [VIEW2_09], True),
     "declip-small-v3-no-nn": ("declip", [VIEW2_09, "method.nn_weight=0"], True),
     "declip-small-v3-no-mv": ("declip", [VIEW2_09, "method.multi_view=false"], True),
+    # v3 warmed up from 0 (round 10), to be read against clip-crop09-ocinit-wu0
+    "declip-small-v3-wu0": ("declip", [VIEW2_09, "optim.warmup_start_lr=0"], True),
     # v3 with both crops resized bicubic (round 10), to be read against clip-crop09-ocinit-bicubic
     "declip-small-v3-bicubic": ("declip", [VIEW2_09, "data.crop_interpolation=bicubic"], True),
     # v4 (rounds 5-8): v3 with its second view cropped at 0.7-1, and its ablations
