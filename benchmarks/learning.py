@@ -104,6 +104,10 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     "declip-small-v3": ("declip", [VIEW2_09], True),
     "declip-small-v3-no-nn": ("declip", [VIEW2_09, "method.nn_weight=0"], True),
     "declip-small-v3-no-mv": ("declip", [VIEW2_09, "method.multi_view=false"], True),
+    # v3 with SimSiam alone or MLM alone added (round 11; v2-full added both at once)
+    "declip-small-v3-simsiam": ("declip", [VIEW2_09, "method.clip_weight=0.6", "method.simsiam_weight=0.2",
+                                           "method.simsiam_proj_dim=256", "method.simsiam_pred_dim=64"], True),
+    "declip-small-v3-mlm": ("declip", [VIEW2_09, "method.clip_weight=0.6", "method.mlm_weight=0.2"], True),
     # v3 warmed up from 0 (round 10), to be read against clip-crop09-ocinit-wu0
     "declip-small-v3-wu0": ("declip", [VIEW2_09, "optim.warmup_start_lr=0"], True),
     # v3 with both crops resized bicubic (round 10), to be read against clip-crop09-ocinit-bicubic
