@@ -108,6 +108,9 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     "declip-small-v3-simsiam": ("declip", [VIEW2_09, "method.clip_weight=0.6", "method.simsiam_weight=0.2",
                                            "method.simsiam_proj_dim=256", "method.simsiam_pred_dim=64"], True),
     "declip-small-v3-mlm": ("declip", [VIEW2_09, "method.clip_weight=0.6", "method.mlm_weight=0.2"], True),
+    # the same with the contrastive terms on the unmasked caption, MLM on a second copy (round 12)
+    "declip-small-v3-mlm-plain": ("declip", [VIEW2_09, "method.clip_weight=0.6", "method.mlm_weight=0.2",
+                                             "method.contrast_text=plain"], True),
     # v3 warmed up from 0 (round 10), to be read against clip-crop09-ocinit-wu0
     "declip-small-v3-wu0": ("declip", [VIEW2_09, "optim.warmup_start_lr=0"], True),
     # v3 with both crops resized bicubic (round 10), to be read against clip-crop09-ocinit-bicubic

@@ -201,3 +201,38 @@ def test_nn_exclude_self_never_picks_the_pairs_own_caption():
     assert torch.allclose(method.queue.nearest(t), own, atol=1e-5)  # without ids: always itself
     picked = method.queue.nearest(t, batch["index"])
     assert not any(torch.allclose(picked[i], own[i], atol=1e-5) for i in range(4))
+
+
+@pytest.mark.parametrize("contrast_text", ["masked", "plain"])
+def test_contrast_text_plain_keeps_the_mask_out_of_the_contrastive_terms(contrast_text):
+    """Small-data knob: with contrast_text=plain the contrastive and NN terms see the unmasked caption, and the
+    masked ids reach the MLM loss only; the reference (masked) contrasts the masked caption itself."""
+    from declip.vocab import MASK_ID
+
+    cfg = load_config(None, ["method.name=declip", *TINY_RN, "method.simsiam_weight=0", "method.nn_weight=0",
+                             f"method.contrast_text={contrast_text}"])
+    spec, batch = _batch(cfg)
+    assert spec.text.mlm and spec.text.keep_plain == (contrast_text == "plain")
+    assert ("text_plain" in batch) == (contrast_text == "plain")
+    remasked = dict(batch, text=batch["text"].clone())
+    remasked["text"][:, 1] = MASK_ID  # hide each caption's first word (its MLM labels stay: only the input moves)
+    torch.manual_seed(0)
+    method = build_method(cfg).eval()
+    losses, _ = method(batch)
+    losses2, _ = method(remasked)
+    assert not torch.allclose(losses["mlm"], losses2["mlm"])  # the MLM head reads the masked ids either way
+    assert torch.allclose(losses["clip"], losses2["clip"]) == (contrast_text == "plain")
+    if contrast_text == "plain":  # the contrastive text feature is the unmasked caption's
+        from declip.models.towers import logit_scale_value
+        import torch.nn.functional as F
+
+        plain = F.normalize(method.clip.encode_text(batch["text_plain"]), dim=-1)
+        aug = F.normalize(method.clip.encode_text(batch["text_aug"]), dim=-1)
+        labelled = batch["mlm_labels"] != -100  # the unmasked ids hold the MLM targets where the mask is
+        assert labelled.any() and torch.equal(batch["text_plain"][labelled], batch["mlm_labels"][labelled])
+        views = batch["images"].transpose(0, 1).flatten(0, 1)
+        feats = F.normalize(method.clip.encode_image(views), dim=-1)
+        i1, i2, s, y = feats[:4], feats[4:], logit_scale_value(method.clip), torch.arange(4)
+        pair = lambda i, t: (F.cross_entropy(s * i @ t.T, y) + F.cross_entropy(s * t @ i.T, y)) / 2
+        expected = (pair(i1, plain) + pair(i2, plain) + pair(i1, aug) + pair(i2, aug)) / 4
+        assert torch.allclose(losses["clip"], cfg.method.clip_weight * expected, atol=1e-5)

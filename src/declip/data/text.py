@@ -42,6 +42,7 @@ class TextSpec:
     eda_ops: tuple[str, ...] = DEFAULT_EDA_OPS
     mlm: bool = False
     mask_prob: float = 0.15
+    keep_plain: bool = False  # with mlm: also emit the unmasked ids as "text_plain" (method.contrast_text=plain)
 
 
 @dataclass
@@ -61,6 +62,8 @@ class TextPipeline:
         out = {}
         if self.spec.mlm:
             out["text"], out["mlm_labels"] = mask_tokens(ids, rng, self.spec.mask_prob)
+            if self.spec.keep_plain:
+                out["text_plain"] = ids
         else:
             out["text"] = ids
         if self.spec.eda:

@@ -3,7 +3,9 @@ nearest-neighbour supervision.
 
 One image forward serves both views (2B images in one batch) and one text forward serves the masked caption
 and its EDA view (2B captions): the masked caption's EOT feature is the contrastive text feature (as in the
-reference) and its token features feed the MLM head at the masked positions only. A branch whose weight is
+reference) and its token features feed the MLM head at the masked positions only. With
+``method.contrast_text=plain`` the contrastive terms see the unmasked caption instead, and the masked one is
+appended to the same forward (3B captions) for the MLM head alone. A branch whose weight is
 0 is not computed at all (and its head is not built, so nothing can receive a gradient).
 """
 from __future__ import annotations
@@ -50,7 +52,8 @@ class DeCLIP(Method):
         return DataSpec(n_views=2, augment=m.augment, text=TextSpec(
             context_length=cfg.model.text.context_length,
             eda=(m.clip_weight > 0 and m.multi_view) or m.nn_weight > 0, eda_ops=tuple(m.eda_ops),
-            mlm=m.mlm_weight > 0, mask_prob=m.mask_prob))
+            mlm=m.mlm_weight > 0, mask_prob=m.mask_prob,
+            keep_plain=m.mlm_weight > 0 and m.contrast_text == "plain"))
 
     def forward(self, batch):
         w, gather = self.w, not self.cfg.method.local_loss
@@ -60,17 +63,21 @@ class DeCLIP(Method):
         f1, f2 = feats[:b], feats[b:]
         multi_view = self.cfg.method.multi_view
         use_aug = (w["clip"] > 0 and multi_view) or w["nn"] > 0
-        text_ids = torch.cat([batch["text"], batch["text_aug"]]) if use_aug else batch["text"]
+        plain = w["mlm"] > 0 and self.cfg.method.contrast_text == "plain"
+        contrast_ids = [batch["text_plain"] if plain else batch["text"]] + ([batch["text_aug"]] if use_aug else [])
+        n_contrast = b * len(contrast_ids)
+        text_ids = torch.cat(contrast_ids + ([batch["text"]] if plain else []))  # masked ids last, MLM only
         if w["mlm"] > 0:
             text_feats, tokens = encode_text_with_tokens(self.clip, text_ids)
+            mlm_tokens = tokens[n_contrast:] if plain else tokens[:b]
         else:
-            text_feats, tokens = self.clip.encode_text(text_ids), None
+            text_feats = self.clip.encode_text(text_ids)
 
         losses, metrics = {}, {}
         scale = logit_scale_value(self.clip)
         metrics["logit_scale"] = scale.detach()
         i1, i2 = F.normalize(f1, dim=-1), F.normalize(f2, dim=-1)
-        t_all = F.normalize(text_feats, dim=-1)
+        t_all = F.normalize(text_feats[:n_contrast], dim=-1)
         t, t_aug = t_all[:b], (t_all[b:] if use_aug else None)
         g_i1, g_i2 = Gathered(i1, gather=gather), Gathered(i2, gather=gather)
         offset = g_i1.offset
@@ -97,7 +104,7 @@ class DeCLIP(Method):
             metrics["simsiam_raw"] = loss.detach()
 
         if w["mlm"] > 0:
-            loss, acc = self.mlm(tokens[:b], batch["mlm_labels"], self.mlm_head, batch.get("mlm_index"))
+            loss, acc = self.mlm(mlm_tokens, batch["mlm_labels"], self.mlm_head, batch.get("mlm_index"))
             losses["mlm"] = w["mlm"] * loss
             metrics["mlm_raw"], metrics["mlm_acc"] = loss.detach(), acc
 
