@@ -47,13 +47,18 @@ class DeCLIP(Method):
         assert cfg.model.text.vocab_size >= VOCAB_SIZE
 
     @staticmethod
+    def contrasts_plain_text(m) -> bool:
+        """Whether the contrastive terms read the unmasked caption ("text_plain") rather than the masked one."""
+        return m.mlm_weight > 0 and m.contrast_text == "plain"
+
+    @staticmethod
     def data_spec(cfg: Config) -> DataSpec:
         m = cfg.method
         return DataSpec(n_views=2, augment=m.augment, text=TextSpec(
             context_length=cfg.model.text.context_length,
             eda=(m.clip_weight > 0 and m.multi_view) or m.nn_weight > 0, eda_ops=tuple(m.eda_ops),
             mlm=m.mlm_weight > 0, mask_prob=m.mask_prob,
-            keep_plain=m.mlm_weight > 0 and m.contrast_text == "plain"))
+            keep_plain=DeCLIP.contrasts_plain_text(m)))
 
     def forward(self, batch):
         w, gather = self.w, not self.cfg.method.local_loss
@@ -63,7 +68,7 @@ class DeCLIP(Method):
         f1, f2 = feats[:b], feats[b:]
         multi_view = self.cfg.method.multi_view
         use_aug = (w["clip"] > 0 and multi_view) or w["nn"] > 0
-        plain = w["mlm"] > 0 and self.cfg.method.contrast_text == "plain"
+        plain = self.contrasts_plain_text(self.cfg.method)
         contrast_ids = [batch["text_plain"] if plain else batch["text"]] + ([batch["text_aug"]] if use_aug else [])
         n_contrast = b * len(contrast_ids)
         text_ids = torch.cat(contrast_ids + ([batch["text"]] if plain else []))  # masked ids last, MLM only
