@@ -10,7 +10,7 @@ from declip.config import (OptimConfig, default_config_path, demo_config_path, f
                            own_data_config_path)
 from declip.train.trainer import train
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+DATA_DOC = Path(__file__).resolve().parents[1] / "docs" / "data-formats.md"
 OWN = ["data.source=manifest", "data.path=captions.jsonl", "data.root=images"]
 
 
@@ -59,9 +59,9 @@ def test_start_of_run_names_preset_values_and_missing_evaluation(tiny_cfg):
     assert "no evaluation task" in log
 
 
-def test_readme_own_data_command_is_one_command_with_general_defaults():
-    text = README.read_text()
-    section = text.split("## Train on your own data", 1)[1].split("\n## ", 1)[0]
+def test_documented_own_data_command_is_one_command_with_general_defaults():
+    text = DATA_DOC.read_text()
+    section = text.split("## Own data: the general defaults", 1)[1].split("\n## ", 1)[0]
     commands = re.findall(r"```(?:bash|sh)?\n(declip train[^\n]*)\n```", section)
     assert len(commands) >= 1, section[:500]
     argv = shlex.split(commands[0])[2:]
