@@ -98,5 +98,5 @@ def test_sbatch_with_stand_in_slurm(tmp_path):
     lines = proc.stdout.splitlines()
     assert "MASTER=gpu07:24242" in lines
     assert lines[lines.index("MASTER=gpu07:24242") + 1:] == [
-        "--kill-on-bad-exit=1", "py", "-m", "declip.cli", "train", "--config", CONFIG, "--resume", "latest",
-        "train.batch_size=128"]
+        "--kill-on-bad-exit=1", "py", "-m", "declip.cli", "train", "--config", CONFIG, "--resume",
+        "latest-or-new", "train.batch_size=128"]
