@@ -297,10 +297,25 @@ def table(runs: list[dict], sets: list[str], variants: list[str]) -> str:
     return "\n".join(lines)
 
 
+def kept_summary(path: Path) -> list[str]:
+    """The lines between an existing report's title and its ``- date:`` line (none if there is no report)."""
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()[1:]
+    head = next((i for i, line in enumerate(lines) if line.startswith("- date:")), 0)
+    summary = lines[:head]
+    while summary and not summary[0].strip():
+        summary.pop(0)
+    return summary
+
+
 def write_report(payload: dict, sets: list[str], variants: list[str], path: Path, notes: str = "") -> None:
-    """benchmarks/results/learning.md: the table (mean +- sample std over seeds), how it was made, the notes."""
+    """benchmarks/results/learning.md: the table (mean +- sample std over seeds), how it was made, the notes.
+
+    The hand-written summary that opens an existing report (everything between the title and the ``- date:``
+    line: the current answer) is kept, so a rewrite of the table never drops what a reader sees first."""
     steps = payload.get("steps", STEPS)
-    md = [f"# Learning benchmark (issue 12): {payload['split']} split", "",
+    md = [f"# Learning benchmark (issue 12): {payload['split']} split", "", *kept_summary(path),
           f"- date: {payload['date']}", f"- command: `{payload['command']}`", f"- machine: {payload['machine']}",
           f"- recipe: ViT 4x128 patch 8 at 32 px, text 4x128 (2 heads) context 32, embed 128; AdamW lr {LR}, "
           f"wd {WD}, cosine with {warmup_steps(steps)}-step warm-up; {steps} steps x batch {BATCH}; seeds 0..n-1",
