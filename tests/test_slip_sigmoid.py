@@ -183,3 +183,32 @@ def test_slip_config_checks():
     with pytest.raises(ConfigError, match="method.contrastive_loss"):
         tiny_config("method.contrastive_loss=hinge")
     assert tiny_config("method.name=slip", "method.clip_weight=0.5").method.clip_weight == 0.5
+
+
+@pytest.mark.parametrize("case", [["method.name=slip", "method.simclr_hidden_dim=32"],
+                                  ["method.name=clip", "method.contrastive_loss=sigmoid"]], ids=["slip", "sigmoid"])
+def test_train_eval_export_end_to_end(tmp_path, capsys, monkeypatch, case):
+    """`declip train` on the built-in data ends with a zero-shot result; `declip eval` and `declip export` work
+    on the checkpoint, and open_clip loads the exported towers (the training-only head and loss stay behind)."""
+    import open_clip
+
+    from declip.cli import main as cli_main
+    from declip.export import WEIGHTS_NAME
+    from helpers import tiny_overrides
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run = tmp_path / "run"
+    assert cli_main(["train", *tiny_overrides(*case, "train.steps=2", f"train.output_dir={run}",
+                                              small=True)]) == 0
+    assert "zero-shot top-1" in capsys.readouterr().out
+    ckpt = run / "ckpt_00000002.pt"
+    assert cli_main(["eval", "--checkpoint", str(ckpt), "--max-images", "8", "--num-workers", "0",
+                     "--brief"]) == 0
+    assert "top1" in capsys.readouterr().out.replace("-", "")
+    assert cli_main(["export", str(ckpt), str(tmp_path / "export")]) == 0
+    weights = load_file(str(tmp_path / "export" / WEIGHTS_NAME))
+    assert not any(k.startswith(("simclr", "contrastive")) for k in weights)
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'export'}")
+    state = torch.load(ckpt, weights_only=True)["model"]
+    assert torch.equal(model.visual.state_dict()["conv1.weight"], state["clip.visual.conv1.weight"])
