@@ -78,6 +78,12 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     "declip": ("declip", ["method.queue_size=4096", "method.simsiam_proj_dim=256", "method.simsiam_pred_dim=64"],
                False),
     "declip-ref": ("declip", [], False),  # reference head/queue sizes (65,536; 1,024/512)
+    # issue 29: SLIP (its SimCLR head's hidden layer scaled down like DeCLIP's heads above; reference 4096) and the
+    # sigmoid (SigLIP) loss in place of the softmax one, at the clip / declip variants' recipe
+    "slip": ("slip", ["method.simclr_hidden_dim=512"], False),
+    "clip-sigmoid": ("clip", ["method.contrastive_loss=sigmoid"], False),
+    "declip-sigmoid": ("declip", ["method.queue_size=4096", "method.simsiam_proj_dim=256",
+                                  "method.simsiam_pred_dim=64", "method.contrastive_loss=sigmoid"], False),
     "declip-no-simsiam": ("declip", ["method.queue_size=4096", "method.simsiam_weight=0"], False),
     "declip-no-mlm": ("declip", ["method.queue_size=4096", "method.simsiam_proj_dim=256",
                                  "method.simsiam_pred_dim=64", "method.mlm_weight=0"], False),

@@ -15,7 +15,7 @@ Why these choices make the comparison exact (to float rounding):
   seed + r, and DDP's start-up buffer sync then copies rank 0's; the explicit copy keeps the test independent
   of that), and only the first step is compared: the neighbours come from the bank as it was before the step,
   so they are the same rows; afterwards each rank enqueues only its own captions (per-rank queues).
-- SimSiam BatchNorm: batch statistics are per rank by design (plain BN, as the reference; SyncBN only on
+- SimSiam / SimCLR-head BatchNorm: batch statistics are per rank by design (plain BN, as the reference; SyncBN only on
   CUDA), so the SimSiam case runs its heads' BN in eval mode (per-sample affine), which still checks the
   branch's loss and gradients end to end; a second DeCLIP case turns SimSiam off with everything in train mode.
 """
@@ -30,7 +30,7 @@ import torch
 from declip.config import Config
 from declip.vocab import EOT_ID, MASK_ID, SOT_ID
 from declip.losses.nn_queue import NearestNeighborQueue
-from declip.methods import build_method
+from declip.methods import build_method, method_class
 
 from helpers import tiny_config  # tests/ is on sys.path: this file runs as a script from there
 
@@ -41,7 +41,14 @@ CASES: dict[str, list[str]] = {
     "clip_local": ["method.name=clip", "method.local_loss=true"],
     "declip_no_simsiam": ["method.name=declip", "method.simsiam_weight=0"],
     "declip_all_bn_eval": ["method.name=declip"],
+    # the sigmoid loss: local images vs the gathered captions (and DeCLIP's NN term one way)
+    "clip_sigmoid": ["method.name=clip", "method.contrastive_loss=sigmoid"],
+    "declip_sigmoid_no_simsiam": ["method.name=declip", "method.contrastive_loss=sigmoid",
+                                  "method.simsiam_weight=0"],
+    # SLIP's SimCLR head BatchNorm in eval mode, as SimSiam's above (per-rank batch statistics by design)
+    "slip_head_bn_eval": ["method.name=slip", "method.simclr_hidden_dim=32", "method.simclr_out_dim=16"],
 }
+BN_EVAL = {"declip_all_bn_eval": ("projector", "predictor"), "slip_head_bn_eval": ("simclr_head",)}
 
 
 def case_config(name: str) -> Config:
@@ -53,7 +60,7 @@ def make_batch(cfg: Config, n: int, seed: int = 1) -> dict:
     """A global batch built by hand: random images, captions of random length (SOT ... EOT), an augmented
     caption, and MLM labels with exactly MASKS_PER_ROW masked tokens per caption."""
     g = torch.Generator().manual_seed(seed)
-    views = 2 if cfg.method.name == "declip" else 1
+    views = method_class(cfg.method.name).data_spec(cfg).n_views
     size, ctx = cfg.model.vision.image_size, cfg.model.text.context_length
 
     def captions():
@@ -93,9 +100,8 @@ def build_case(name: str, world_size: int = 1):
     prepare_method(method, cfg, "cpu", world_size)
     model = wrap_ddp(method, torch.device("cpu"), world_size)
     method.train()
-    if name == "declip_all_bn_eval":
-        method.projector.eval()
-        method.predictor.eval()
+    for head in BN_EVAL.get(name, ()):
+        getattr(method, head).eval()
     return cfg, method, model
 
 

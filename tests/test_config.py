@@ -82,7 +82,7 @@ YFCC15M = sorted((ROOT / "configs").glob("*_yfcc15m.yaml"))
 
 
 def test_the_parametrized_config_tests_see_every_shipped_file():  # an empty glob would skip them silently
-    assert {p.name for p in YFCC15M} == {f"{method}_{model}_yfcc15m.yaml" for method in ("clip", "declip")
+    assert {p.name for p in YFCC15M} == {f"{method}_{model}_yfcc15m.yaml" for method in ("clip", "declip", "slip")
                                          for model in ("rn50", "vitb32")}
     assert {p.name for p in SHIPPED} == {p.name for p in YFCC15M} | {"demo.yaml", "declip_small_data.yaml",
                                                                      "own_data.yaml"}
@@ -96,7 +96,9 @@ def test_yfcc15m_configs_are_the_reference_recipe(path):
     assert cfg.method.name == method
     assert cfg.model.preset == {"vitb32": "vit-b-32", "rn50": "rn50"}[model]
     o = cfg.optim
-    assert (o.lr, o.weight_decay, o.betas, o.eps) == (1e-3, 0.1, [0.9, 0.98], 1e-8)
+    # SLIP's own schedule (experiments/slip_experiments/yfcc15m/*/config.yaml): warm-up 1e-4 -> 5e-4, decay 0.5
+    lr, wd = (5e-4, 0.5) if method == "slip" else (1e-3, 0.1)
+    assert (o.lr, o.weight_decay, o.betas, o.eps, o.min_lr) == (lr, wd, [0.9, 0.98], 1e-8, 0.0)
     assert (o.warmup_steps, o.warmup_start_lr, o.cosine_steps) == (2500, 1e-4, 128001)
     assert (cfg.train.steps, cfg.train.batch_size, cfg.train.precision) == (128001, 128, "fp32")
     assert cfg.data.source == "manifest" and cfg.eval.val_manifest and cfg.eval.val_root
@@ -105,6 +107,14 @@ def test_yfcc15m_configs_are_the_reference_recipe(path):
         assert (m.clip_weight, m.simsiam_weight, m.mlm_weight, m.nn_weight) == (0.4, 0.2, 0.2, 0.2)
         assert (m.queue_size, m.mask_prob, m.simsiam_proj_dim, m.simsiam_pred_dim) == (65536, 0.15, 1024, 512)
         assert m.eda_ops == ["synonym", "swap", "delete"]
+    if method == "slip":
+        m = cfg.method
+        assert (m.clip_weight, m.simclr_weight, m.simclr_temperature) == (1.0, 1.0, 0.1)
+        assert (m.simclr_hidden_dim, m.simclr_out_dim, m.contrastive_loss) == (4096, 256, "softmax")
+        assert (cfg.train.ckpt_every, cfg.eval.every) == (500, 2000)
+        from declip.models.towers import trunk_dim
+
+        assert trunk_dim(cfg.model) == {"vitb32": 768, "rn50": 2048}[model]  # ref: clip.feature_dim
     if model == "rn50":
         assert cfg.model.vision.kind == "resnet" and cfg.model.vision.layers == [3, 4, 6, 3]
         assert cfg.model.embed_dim == 1024

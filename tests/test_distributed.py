@@ -1,7 +1,7 @@
 """Distributed training on the CPU with gloo: 2 processes must train exactly like 1 process on the whole batch.
 
-The key check (tests/dist_worker.py explains why each case is exact): for CLIP, CLIP with local loss and two
-DeCLIP variants, the mean over ranks of the per-rank loss equals the single-process loss on the concatenated
+The key check (tests/dist_worker.py explains why each case is exact): for CLIP, CLIP with local loss, two
+DeCLIP variants, CLIP and DeCLIP with the sigmoid loss, and SLIP, the mean over ranks of the per-rank loss equals the single-process loss on the concatenated
 batch, and every parameter's gradient (after DDP's average) equals the single-process gradient. The two
 workers are launched the way srun launches them (SLURM_* variables, no MASTER_ADDR; a stand-in `scontrol`
 names the first host), which also covers the SLURM rendezvous. A torchrun launch of `declip train` with 2
@@ -113,6 +113,11 @@ def test_declip_cases_cover_every_branch(two_ranks):
     reference, _ = two_ranks
     assert set(reference["declip_all_bn_eval"]["parts"]) == {"clip", "simsiam", "mlm", "nn"}
     assert set(reference["declip_no_simsiam"]["parts"]) == {"clip", "mlm", "nn"}
+    assert set(reference["declip_sigmoid_no_simsiam"]["parts"]) == {"clip", "mlm", "nn"}
+    assert set(reference["slip_head_bn_eval"]["parts"]) == {"clip", "simclr"}
+    # the sigmoid cases train the loss's own scale and bias, not the towers' scale
+    assert {"contrastive.logit_scale", "contrastive.logit_bias"} <= set(reference["clip_sigmoid"]["grads"])
+    assert "clip.logit_scale" not in reference["clip_sigmoid"]["trainable"]
 
 
 # ------------------------------------------------------------------------------ launch environment

@@ -34,13 +34,14 @@ def test_sync_bn_syncs_only_the_image_tower():
     assert plain and all(n.startswith(("projector.", "predictor.")) for n in plain)
 
 
-@pytest.mark.parametrize("name", ["clip_rn50_yfcc15m.yaml", "declip_rn50_yfcc15m.yaml"])
+@pytest.mark.parametrize("name", ["clip_rn50_yfcc15m.yaml", "declip_rn50_yfcc15m.yaml", "slip_rn50_yfcc15m.yaml"])
 def test_rn50_reference_configs_sync_the_tower_bn(name):
     cfg = load_config(ROOT / "configs" / name)
     assert cfg.train.sync_bn is True
 
 
-@pytest.mark.parametrize("name", ["clip_vitb32_yfcc15m.yaml", "declip_vitb32_yfcc15m.yaml"])
+@pytest.mark.parametrize("name", ["clip_vitb32_yfcc15m.yaml", "declip_vitb32_yfcc15m.yaml",
+                                  "slip_vitb32_yfcc15m.yaml"])
 def test_vit_reference_configs_have_no_batchnorm_to_sync(name):
     assert load_config(ROOT / "configs" / name).train.sync_bn is False
 
@@ -65,7 +66,8 @@ def test_reference_configs_keep_the_reference_method():
     for path in REFERENCE_CONFIGS:
         cfg = load_config(path)
         assert cfg.method.augment == "mocov2" and cfg.method.multi_view is True
-        assert (cfg.optim.lr, cfg.optim.warmup_start_lr, cfg.optim.warmup_steps) == (1e-3, 1e-4, 2500)
+        peak = 5e-4 if cfg.method.name == "slip" else 1e-3  # SLIP's config: warmup_lr 0.0005
+        assert (cfg.optim.lr, cfg.optim.warmup_start_lr, cfg.optim.warmup_steps) == (peak, 1e-4, 2500)
         assert tuple(cfg.optim.betas) == (0.9, 0.98) and cfg.optim.eps == 1e-8
         if cfg.method.name == "declip":
             m = cfg.method
@@ -124,13 +126,15 @@ def test_every_learning_benchmark_variant_is_a_valid_config_on_any_schedule_and_
 
 @pytest.mark.parametrize("path", REFERENCE_CONFIGS, ids=lambda p: p.name)
 def test_reference_configs_keep_the_reference_crop_ranges(path):
-    from declip.data.views import REFERENCE_CROP_SCALE
+    from declip.data.views import REFERENCE_CROP_SCALE, SLIP_SSL_CROP_SCALE
 
     cfg = load_config(path)
     assert cfg.data.crop_scale == [] and cfg.data.second_view_crop_scale == []  # each method's own: CLIP 0.5-1,
     # DeCLIP's MoCo v2 views 0.2-1 (both views)
     assert cfg.model.vision.init == "reference"  # the small-data recipe's open_clip init stays out of them
-    assert REFERENCE_CROP_SCALE == {"clip": (0.5, 1.0), "mocov2": (0.2, 1.0)}
+    # SLIP: its CLIP view as CLIP's, its two SimCLR views as MoCo v2's
+    assert REFERENCE_CROP_SCALE == {"clip": (0.5, 1.0), "mocov2": (0.2, 1.0), "slip": (0.5, 1.0)}
+    assert SLIP_SSL_CROP_SCALE == (0.2, 1.0)
 
 
 def _batch(cfg, b=4):

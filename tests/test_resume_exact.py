@@ -24,10 +24,14 @@ STEPS = 8
 TIMING_KEYS = {"time", "images_per_s", "data_wait", "step_time_s", "tflops", "mfu"}  # wall-clock values: the only ones allowed to differ
 
 
+EXTRA = {"slip": ["method.simclr_hidden_dim=32", "method.simclr_out_dim=16"],
+         "clip+sigmoid": ["method.contrastive_loss=sigmoid"]}  # a case name's overrides beyond method.name
+
+
 def write_config(path: Path, out: Path, method: str) -> Path:
     """The tests' tiny config with a data-loader worker process (part of what must resume exactly) and a
     checkpoint every 3 steps, all kept."""
-    return write_tiny_config(path, f"method.name={method}", f"train.steps={STEPS}", "train.ckpt_every=3",
+    return write_tiny_config(path, f"method.name={method.split('+')[0]}", *EXTRA.get(method, []), f"train.steps={STEPS}", "train.ckpt_every=3",
                              "train.keep_last=20", "train.device=cpu", f"train.output_dir={out}",
                              "data.num_workers=1", "data.pin_memory=false", "eval.num_workers=0")
 
@@ -78,7 +82,7 @@ def assert_same_state(a, b, where: str = "") -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["declip", "clip"])
+@pytest.mark.parametrize("method", ["declip", "clip", "slip", "clip+sigmoid"])
 def test_sigkill_then_resume_latest_is_bit_exact(tmp_path, method):
     seed = int(os.environ.get("DECLIP_KILL_SEED", time.time_ns() % 100_000))
     kill_step = random.Random(seed).randint(4, STEPS - 2)  # the first checkpoint is at step 3

@@ -140,8 +140,12 @@ class DataConfig:
 
 @dataclass
 class MethodConfig:
-    name: Literal["clip", "declip"] = "declip"
-    # DeCLIP loss weights (reference: 0.4 / 0.2 / 0.2 / 0.2). 0 skips that branch's computation.
+    name: Literal["clip", "declip", "slip"] = "declip"
+    # every image-text term's loss: softmax (symmetric InfoNCE, the reference's) | sigmoid (SigLIP, open_clip's:
+    # its own learnable scale and bias, init log 10 and -10; losses/sigmoid.py)
+    contrastive_loss: Literal["softmax", "sigmoid"] = "softmax"
+    # DeCLIP loss weights (reference: 0.4 / 0.2 / 0.2 / 0.2). 0 skips that branch's computation. SLIP reads
+    # clip_weight too: unset, it is SLIP's reference 1 (SLIP_DEFAULTS, applied by config_from_dict)
     clip_weight: float = 0.4
     simsiam_weight: float = 0.2
     mlm_weight: float = 0.2
@@ -163,9 +167,14 @@ class MethodConfig:
     # 3-6 token captions, where a 15% mask can hide the one word that names the image; on the learning
     # benchmark's val split it scored below masked (round 12): there the mask acts as a text augmentation.
     contrast_text: Literal["masked", "plain"] = "masked"
+    # SLIP (reference: experiments/slip_experiments/yfcc15m/*/config.yaml, loss_weight.simclr_loss 1, sim_dim 256)
+    simclr_weight: float = 1.0  # 0: no SimCLR head, no SSL views (then SLIP is CLIP on its base view)
+    simclr_temperature: float = 0.1
+    simclr_hidden_dim: int = 4096
+    simclr_out_dim: int = 256
 
     def validate(self, check: Check) -> None:
-        for w in ("clip_weight", "simsiam_weight", "mlm_weight", "nn_weight"):
+        for w in ("clip_weight", "simsiam_weight", "mlm_weight", "nn_weight", "simclr_weight"):
             check(getattr(self, w) >= 0, f"method.{w}", "must be >= 0")
         check(0.0 < self.mask_prob < 1.0, "method.mask_prob", "must be in (0, 1)")
         check(self.queue_size > 0, "method.queue_size", "must be > 0")
@@ -174,6 +183,17 @@ class MethodConfig:
         if self.name == "declip":
             check(self.clip_weight + self.simsiam_weight + self.mlm_weight + self.nn_weight > 0,
                   "method.clip_weight", "all DeCLIP loss weights are 0")
+        if self.name == "slip":
+            check(self.clip_weight + self.simclr_weight > 0, "method.simclr_weight",
+                  "method.clip_weight and method.simclr_weight are both 0: SLIP would train nothing")
+        check(self.simclr_temperature > 0, "method.simclr_temperature", "must be > 0 (SLIP's: 0.1)")
+        check(self.simclr_hidden_dim > 0 and self.simclr_out_dim > 0, "method.simclr_out_dim",
+              "the SimCLR head's sizes must be > 0 (SLIP's: hidden 4096, out 256)")
+
+
+# method.name=slip: the loss weights of the reference (loss_weight.clip_loss 1, simclr_loss 1 in
+# experiments/slip_experiments/yfcc15m/yfcc15m_vit_slip/config.yaml) where the user sets none
+SLIP_DEFAULTS = {"clip_weight": 1.0}
 
 
 @dataclass
@@ -358,6 +378,12 @@ def config_from_dict(tree: dict, sources: dict[str, str] | None = None) -> Confi
             data.get("source", DataConfig.source) != "builtin":
         tree["eval"] = {**ev, "builtin": False}  # the built-in shapes task says nothing about a user's data
         sources["eval.builtin"] = f"default for data.source={data.get('source')}"
+    method = tree.get("method", {})
+    if isinstance(method, dict) and method.get("name") == "slip":
+        for key, value in SLIP_DEFAULTS.items():  # DeCLIP's defaults are not SLIP's
+            if key not in method:
+                tree["method"] = method = {**method, key: value}
+                sources[f"method.{key}"] = "default for method.name=slip"
     cfg = build(Config, tree, sources)
     validate(cfg, sources)
     cfg.origins = sources  # where each value came from (a file, the command line, a preset): logged at start

@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as nnf
 
-from .views import (IMAGENET_MEAN, IMAGENET_STD, P_BLUR, P_BRIGHTNESS, P_CONTRAST, P_GRAY, P_HUE, P_JITTER, P_ORDER,
+from .views import (AUGMENTS, IMAGENET_MEAN, IMAGENET_STD, P_BLUR, P_BRIGHTNESS, P_CONTRAST, P_GRAY, P_HUE, P_JITTER, P_ORDER,
                     P_SATURATION, P_SIGMA, blur_kernel_size)
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
@@ -178,7 +178,8 @@ class DeviceStage:
 
 def build_device_stage(spec, image_size: int) -> DeviceStage:
     """The device stage for a method's :class:`~declip.data.loader.DataSpec`: MoCo v2 augmentation + normalise
-    for ``augment='mocov2'``, normalise only for ``'clip'``."""
-    if spec.augment not in ("mocov2", "clip"):
-        raise ValueError(f"unknown augment {spec.augment!r} (clip | mocov2)")
-    return DeviceStage(spec.augment == "mocov2", image_size)
+    for ``augment='mocov2'`` and ``'slip'`` (whose first view's parameters are no-ops), normalise only for
+    ``'clip'``."""
+    if spec.augment not in AUGMENTS:
+        raise ValueError(f"unknown augment {spec.augment!r} ({' | '.join(AUGMENTS)})")
+    return DeviceStage(spec.augment != "clip", image_size)

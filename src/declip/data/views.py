@@ -162,6 +162,15 @@ class ViewAugment:
         p[P_SIGMA] = self.sigma[0] + (self.sigma[1] - self.sigma[0]) * u[12]
         return torch.tensor(p, dtype=torch.float32)
 
+    def draw_none(self) -> torch.Tensor:
+        """Parameters that leave a view as cropped (no flip, jitter, grayscale or blur): SLIP's base view, in a
+        batch whose other views are augmented. The same 13 draws are consumed, so the stream is as for draw()."""
+        torch.rand(N_PARAMS, dtype=torch.float64)
+        p = torch.zeros(N_PARAMS, dtype=torch.float32)
+        p[P_ORDER] = torch.arange(4, dtype=torch.float32)
+        p[P_SIGMA] = self.sigma[0]
+        return p
+
 
 def pil_to_uint8(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> uint8 [3, H, W] (a channels-last view of one copy of the pixels)."""
@@ -175,12 +184,14 @@ class CropViews:
     generator, which the loader seeds per sample; the crop is drawn first, by the same transform class as
     the reference pipeline, so under one seed both crop identically. ``second_scale``: the crop area range of
     every view after the first (``None``: ``scale``); the draws per view are the same whatever the ranges.
+    ``plain_first``: the first view is only cropped (SLIP's CLIP view), the later ones get ``augment``.
     ``interpolation``: the crops' resize, ``bilinear`` (the reference's) or ``bicubic`` (open_clip's training
     crop; torch's antialiased uint8 bicubic is PIL's bicubic to within 1/255). On 32 px images the choice shows
     in the score, either way round (benchmarks/results/learning.md, round 8: icons vs emoji)."""
 
     def __init__(self, size: int, n: int, scale: tuple[float, float], augment: ViewAugment | None = None,
-                 second_scale: tuple[float, float] | None = None, interpolation: str = "bilinear"):
+                 second_scale: tuple[float, float] | None = None, interpolation: str = "bilinear",
+                 plain_first: bool = False):
         if interpolation not in RESIZE_MODES:
             raise ValueError(f"unknown crop interpolation {interpolation!r} ({' | '.join(RESIZE_MODES)})")
         self.size, self.interpolation = size, RESIZE_MODES[interpolation]
@@ -188,18 +199,19 @@ class CropViews:
         later = v2.RandomResizedCrop(size, scale=second_scale, antialias=True) if second_scale else self.crop
         self.crops = [self.crop] + [later] * (n - 1)
         self.augment = augment.for_size(size) if augment is not None else None
+        self.plain_first = plain_first
 
     def __call__(self, image: Image.Image) -> dict:
         pixels = pil_to_uint8(image)  # once per image; crops are slices of it
         views, params = [], []
-        for resized_crop in self.crops:
+        for v, resized_crop in enumerate(self.crops):
             box = resized_crop.make_params([image])  # top, left, height, width: the reference's draws
             top, left = box["top"], box["left"]
             crop = pixels[None, :, top:top + box["height"], left:left + box["width"]]
             # torch's uint8 antialiased resize (bilinear: the reference's PIL resize to within 1/255, ~3x faster)
             view = F.resize(crop, [self.size, self.size], interpolation=self.interpolation, antialias=True)[0]
             if self.augment is not None:
-                p = self.augment.draw()
+                p = self.augment.draw_none() if (v == 0 and self.plain_first) else self.augment.draw()
                 if p[P_FLIP] > 0:
                     view = view.flip(-1)
                 params.append(p)
@@ -210,7 +222,11 @@ class CropViews:
         return out
 
 
-REFERENCE_CROP_SCALE = {"mocov2": (0.2, 1.0), "clip": (0.5, 1.0)}
+# slip: the first view's (CLIP's); its later views take MoCo v2's (SLIP_SSL_CROP_SCALE)
+REFERENCE_CROP_SCALE = {"mocov2": (0.2, 1.0), "clip": (0.5, 1.0), "slip": (0.5, 1.0)}
+SLIP_SSL_CROP_SCALE = REFERENCE_CROP_SCALE["mocov2"]
+AUGMENTS = tuple(REFERENCE_CROP_SCALE)  # the DataSpec.augment names
+
 
 
 def build_train_views(augment: str, size: int, n_views: int, crop_scale: tuple[float, float] | None = None,
@@ -219,8 +235,12 @@ def build_train_views(augment: str, size: int, n_views: int, crop_scale: tuple[f
     """The CPU stage for a method's ``DataSpec.augment``: ``mocov2`` = RRC(0.2-1) + flip + MoCo v2 colour/blur
     parameters; ``clip`` = RRC(0.5-1) only (the device stage just normalises). ``crop_scale`` replaces the
     reference's crop area range (``data.crop_scale``), ``second_view_crop_scale`` the later views' range,
-    ``crop_interpolation`` the crops' resize (``data.crop_interpolation``)."""
-    if augment not in ("mocov2", "clip"):
-        raise ValueError(f"unknown augment {augment!r} (clip | mocov2)")
+    ``crop_interpolation`` the crops' resize (``data.crop_interpolation``). ``slip``: view 1 as ``clip``, the
+    later views as ``mocov2`` (RRC 0.2-1 + flip + colour/blur), for SLIP's CLIP view + two SimCLR views."""
+    if augment not in AUGMENTS:
+        raise ValueError(f"unknown augment {augment!r} ({' | '.join(AUGMENTS)})")
+    if augment == "slip":
+        second_view_crop_scale = second_view_crop_scale or SLIP_SSL_CROP_SCALE
     return CropViews(size, n_views, crop_scale or REFERENCE_CROP_SCALE[augment],
-                     ViewAugment() if augment == "mocov2" else None, second_view_crop_scale, crop_interpolation)
+                     ViewAugment() if augment != "clip" else None, second_view_crop_scale, crop_interpolation,
+                     plain_first=augment == "slip")

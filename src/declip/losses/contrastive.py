@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..distributed import gather_no_grad, gather_with_grad, get_rank
+from ..models.towers import logit_scale_value
 
 
 def local_labels(batch: int, device, offset: int) -> torch.Tensor:
@@ -54,3 +55,29 @@ def top1_accuracy(logits: torch.Tensor, offset: int) -> torch.Tensor:
     """A 0-d tensor on the logits' device: read by the trainer at log steps only (no host sync per step)."""
     labels = local_labels(logits.shape[0], logits.device, offset)
     return (logits.detach().argmax(dim=1) == labels).float().mean()
+
+
+class SoftmaxPairLoss(nn.Module):
+    """``method.contrastive_loss=softmax`` (the reference's): symmetric InfoNCE at the towers' clamped logit
+    scale, and CE(image -> text) for DeCLIP's nearest-neighbour term. Holds no parameter, so the state dict
+    is what it was before the loss became a choice."""
+
+    def __init__(self):
+        super().__init__()
+        self.symmetric, self.one_way = SymmetricInfoNCE(), ImageToTextInfoNCE()
+
+    def scale(self, clip: nn.Module) -> torch.Tensor:
+        return logit_scale_value(clip)
+
+    def forward(self, image: Gathered, text: Gathered, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.symmetric(image, text, scale)
+
+    def image_to_text(self, image: torch.Tensor, text_all: torch.Tensor, offset: int,
+                      scale: torch.Tensor) -> torch.Tensor:
+        return self.one_way(image, text_all, offset, scale)
+
+    def metrics(self, scale: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logit_scale": scale.detach()}
+
+    def clamp_(self) -> None:
+        """Nothing of its own: the towers' scale is clamped by ``Method.after_step``."""

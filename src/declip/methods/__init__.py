@@ -14,6 +14,10 @@ def method_class(name: str) -> type[Method]:
         from .declip import DeCLIP
 
         return DeCLIP
+    if name == "slip":
+        from .slip import SLIP
+
+        return SLIP
     raise ValueError(f"unknown method {name!r}")
 
 

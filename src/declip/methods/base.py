@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from ..config import Config
 from ..data.loader import DataSpec
+from ..losses import build_pair_loss
 from ..models.towers import build_clip, clamp_logit_scale
 
 
@@ -20,6 +21,11 @@ class Method(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.clip = build_clip(cfg.model)
+        # every image-text term's loss (method.contrastive_loss); a sigmoid loss brings its own scale and bias,
+        # so the towers' logit scale takes no part in training (frozen: no optimizer state, no DDP bucket)
+        self.contrastive = build_pair_loss(cfg.method.contrastive_loss)
+        if cfg.method.contrastive_loss != "softmax":
+            self.clip.logit_scale.requires_grad_(False)
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
 
     @staticmethod
@@ -34,6 +40,8 @@ class Method(nn.Module):
         """Called after every optimizer step: the reference clamps log(logit scale) into [3, 6] (the floor is
         ``model.logit_scale_min``). ``applied`` (0 or 1, on the device) says whether the step updated the
         weights, when the trainer decides a non-finite skip on the device; a skipped step leaves the weights as
-        they were, so it is not counted."""
+        they were, so it is not counted. The sigmoid loss's own scale is clamped into open_clip's [0, log 100]
+        instead (the reference's floor of 3 would undo SigLIP's init, log 10 = 2.3)."""
         clamp_logit_scale(self.clip, self.cfg.model.logit_scale_min)
+        self.contrastive.clamp_()
         self.steps_done += 1 if applied is None else applied.to(self.steps_done.dtype)

@@ -6,15 +6,12 @@ import torch.nn.functional as F
 from ..config import Config
 from ..data.loader import DataSpec
 from ..data.text import TextSpec
-from ..losses.contrastive import Gathered, SymmetricInfoNCE, top1_accuracy
-from ..models.towers import logit_scale_value
+from ..losses.contrastive import Gathered, top1_accuracy
 from .base import Method
 
 
 class CLIP(Method):
-    def __init__(self, cfg: Config):
-        super().__init__(cfg)
-        self.contrastive = SymmetricInfoNCE()
+    """The pair loss (``self.contrastive``, softmax or sigmoid) comes from :class:`Method`."""
 
     @staticmethod
     def data_spec(cfg: Config) -> DataSpec:
@@ -24,9 +21,9 @@ class CLIP(Method):
         gather = not self.cfg.method.local_loss
         image = F.normalize(self.clip.encode_image(batch["images"][:, 0]), dim=-1)
         text = F.normalize(self.clip.encode_text(batch["text"]), dim=-1)
-        scale = logit_scale_value(self.clip)
+        scale = self.contrastive.scale(self.clip)
         img, txt = Gathered(image, gather=gather), Gathered(text, gather=gather)
         loss, logits = self.contrastive(img, txt, scale)
         metrics = {"clip_raw": loss.detach(), "clip_acc": top1_accuracy(logits, img.offset),
-                   "logit_scale": scale.detach()}
+                   **self.contrastive.metrics(scale)}
         return {"clip": loss}, metrics

@@ -17,12 +17,12 @@ from ..config import Config
 from ..data.loader import DataSpec
 from ..data.text import TextSpec
 from ..vocab import VOCAB_SIZE
-from ..losses.contrastive import Gathered, ImageToTextInfoNCE, SymmetricInfoNCE, top1_accuracy
+from ..losses.contrastive import Gathered, top1_accuracy
 from ..losses.mlm import MLMLoss
 from ..losses.nn_queue import NearestNeighborQueue
 from ..losses.simsiam import SimSiamLoss
 from ..models.heads import MLMHead, SimSiamPredictor, SimSiamProjector
-from ..models.towers import encode_text_with_tokens, logit_scale_value
+from ..models.towers import encode_text_with_tokens
 from ..distributed import get_rank
 from .base import Method
 
@@ -32,7 +32,6 @@ class DeCLIP(Method):
         super().__init__(cfg)
         m, d = cfg.method, cfg.model.embed_dim
         self.w = {"clip": m.clip_weight, "simsiam": m.simsiam_weight, "mlm": m.mlm_weight, "nn": m.nn_weight}
-        self.contrastive = SymmetricInfoNCE()
         if self.w["simsiam"] > 0:
             self.projector = SimSiamProjector(d, m.simsiam_proj_dim)
             self.predictor = SimSiamPredictor(m.simsiam_proj_dim, m.simsiam_pred_dim)
@@ -43,7 +42,6 @@ class DeCLIP(Method):
         if self.w["nn"] > 0:
             self.queue = NearestNeighborQueue(m.queue_size, d, seed=cfg.train.seed + get_rank(),
                                               track_ids=m.nn_exclude_self)
-            self.nn_loss = ImageToTextInfoNCE()
         assert cfg.model.text.vocab_size >= VOCAB_SIZE
 
     @staticmethod
@@ -79,8 +77,8 @@ class DeCLIP(Method):
             text_feats = self.clip.encode_text(text_ids)
 
         losses, metrics = {}, {}
-        scale = logit_scale_value(self.clip)
-        metrics["logit_scale"] = scale.detach()
+        scale = self.contrastive.scale(self.clip)
+        metrics.update(self.contrastive.metrics(scale))
         i1, i2 = F.normalize(f1, dim=-1), F.normalize(f2, dim=-1)
         t_all = F.normalize(text_feats[:n_contrast], dim=-1)
         t, t_aug = t_all[:b], (t_all[b:] if use_aug else None)
@@ -121,7 +119,8 @@ class DeCLIP(Method):
                 self.queue.enqueue(t, ids)
             nn_t = Gathered(nn_t, with_grad=False, gather=gather).all
             nn_ta = Gathered(nn_ta, with_grad=False, gather=gather).all
-            loss = sum(0.5 * (self.nn_loss(i, nn_t, offset, scale) + self.nn_loss(i, nn_ta, offset, scale))
+            nn_loss = self.contrastive.image_to_text  # image -> neighbour only, softmax or sigmoid
+            loss = sum(0.5 * (nn_loss(i, nn_t, offset, scale) + nn_loss(i, nn_ta, offset, scale))
                        for i in (i1, i2)) / 2
             warmup = self.cfg.method.nn_warmup_steps
             if warmup > 0:  # held back while the bank fills: a 0/1 factor on the device (an `if` would sync)

@@ -35,3 +35,19 @@ class SimSiamPredictor(nn.Module):
 
 class MLMHead(nn.Linear):
     """Linear(width, vocab) over ln_final token features; applied only at masked positions."""
+
+
+class SimCLRHead(nn.Module):
+    """SLIP's image MLP on the pre-projection image feature: in -> hidden -> hidden -> out, Linear+BN+ReLU twice,
+    then a plain Linear (no BN on the output). SLIP: hidden 4096, out 256."""
+
+    def __init__(self, in_dim: int, hidden: int = 4096, out: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, out),
+        )
+
+    def forward(self, x):
+        return self.net(x)

@@ -95,3 +95,26 @@ def logit_scale_value(clip: CustomTextCLIP) -> torch.Tensor:
     gets a gradient and can come back down. A hard ``clamp(max=100)`` would give it a zero gradient."""
     scale = clip.logit_scale.exp()
     return scale - (scale - LOGIT_SCALE_CAP).clamp(min=0).detach()
+
+
+def encode_image_with_trunk(clip: CustomTextCLIP, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One image forward giving the embedding and the feature before the projection, which SLIP's SimCLR head
+    reads (the reference's ``feature_dim``: 768 for ViT-B/32, 2048 for RN50). ViT: the pooled, ln_post'ed
+    class token (width), projected here by the same ``proj``. ResNet: layer4's output averaged over space
+    (4 x 8 x width channels), beside the attention pool's embedding (the ResNet's projection is inside it)."""
+    visual = clip.visual
+    if hasattr(visual, "attnpool"):
+        x = visual.layer4(visual.layer3(visual.layer2(visual.layer1(visual.stem(images)))))
+        return visual.attnpool(x), x.mean(dim=(2, 3))
+    proj = visual.proj
+    visual.proj = None
+    try:
+        trunk = visual(images)
+    finally:
+        visual.proj = proj
+    return trunk @ proj, trunk
+
+
+def trunk_dim(cfg: ModelConfig) -> int:
+    """The width of :func:`encode_image_with_trunk`'s trunk feature for these towers."""
+    return cfg.vision.width if cfg.vision.kind == "vit" else cfg.vision.width * 32
