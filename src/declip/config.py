@@ -140,7 +140,7 @@ class DataConfig:
 
 @dataclass
 class MethodConfig:
-    name: Literal["clip", "declip"] = "declip"
+    name: Literal["clip", "declip", "filip", "defilip"] = "declip"
     # DeCLIP loss weights (reference: 0.4 / 0.2 / 0.2 / 0.2). 0 skips that branch's computation.
     clip_weight: float = 0.4
     simsiam_weight: float = 0.2
@@ -163,17 +163,28 @@ class MethodConfig:
     # 3-6 token captions, where a 15% mask can hide the one word that names the image; on the learning
     # benchmark's val split it scored below masked (round 12): there the mask acts as a text augmentation.
     contrast_text: Literal["masked", "plain"] = "masked"
+    # FILIP / DeFILIP dense (token-wise) term, methods/filip.py; 0 builds no dense head. Reference: DeFILIP 0.2;
+    # FILIP's configs train the dense term alone (clip_weight 0, filip_weight 1).
+    filip_weight: float = 0.2
+    filip_dim: int = 256  # the dense heads' output width
+    filip_topk: int = 16  # tokens kept per side and pair before the gather
+    filip_chunk: int = 256  # gathered columns per similarity block (0 = all at once); memory only, same result
 
     def validate(self, check: Check) -> None:
-        for w in ("clip_weight", "simsiam_weight", "mlm_weight", "nn_weight"):
+        for w in ("clip_weight", "simsiam_weight", "mlm_weight", "nn_weight", "filip_weight"):
             check(getattr(self, w) >= 0, f"method.{w}", "must be >= 0")
         check(0.0 < self.mask_prob < 1.0, "method.mask_prob", "must be in (0, 1)")
         check(self.queue_size > 0, "method.queue_size", "must be > 0")
         check(self.nn_warmup_steps >= 0, "method.nn_warmup_steps", "must be >= 0")
         check(len(self.eda_ops) > 0, "method.eda_ops", "needs at least one of synonym, swap, delete, insert")
-        if self.name == "declip":
-            check(self.clip_weight + self.simsiam_weight + self.mlm_weight + self.nn_weight > 0,
-                  "method.clip_weight", "all DeCLIP loss weights are 0")
+        for key in ("filip_dim", "filip_topk", "filip_chunk"):
+            check(getattr(self, key) >= (0 if key == "filip_chunk" else 1), f"method.{key}",
+                  "must be >= 0 (0 = unchunked)" if key == "filip_chunk" else "must be >= 1")
+        dense = self.filip_weight if self.name in ("filip", "defilip") else 0.0
+        others = (self.clip_weight,) if self.name == "filip" else (
+            self.clip_weight, self.simsiam_weight, self.mlm_weight, self.nn_weight)
+        if self.name != "clip":
+            check(sum(others) + dense > 0, "method.clip_weight", f"all {self.name} loss weights are 0")
 
 
 @dataclass
@@ -387,8 +398,8 @@ def validate(cfg: Config, sources: dict[str, str] | None = None) -> None:
 
     for section in (cfg.model, cfg.data, cfg.method, cfg.optim, cfg.train, cfg.eval):
         section.validate(check)
-    check(not cfg.data.second_view_crop_scale or cfg.method.name != "clip", "data.second_view_crop_scale",
-          "method.name=clip trains on one image view; set data.crop_scale instead")
+    check(not cfg.data.second_view_crop_scale or cfg.method.name not in ("clip", "filip"),
+          "data.second_view_crop_scale", f"method.name={cfg.method.name} trains on one image view; set data.crop_scale instead")
 
 
 def demo_config_path() -> Path:
