@@ -41,6 +41,10 @@ CASES: dict[str, list[str]] = {
     "clip_local": ["method.name=clip", "method.local_loss=true"],
     "declip_no_simsiam": ["method.name=declip", "method.simsiam_weight=0"],
     "declip_all_bn_eval": ["method.name=declip"],
+    # FILIP / DeFILIP: top-k below the token counts (4 image tokens, captions up to 16) so selection happens, and
+    # chunks of 3 of the 8 gathered columns, so the chunks straddle the ranks' halves
+    "filip": ["method.name=filip", "method.filip_topk=3", "method.filip_chunk=3"],
+    "defilip": ["method.name=defilip", "method.simsiam_weight=0", "method.filip_topk=3", "method.filip_chunk=3"],
 }
 
 
@@ -53,7 +57,7 @@ def make_batch(cfg: Config, n: int, seed: int = 1) -> dict:
     """A global batch built by hand: random images, captions of random length (SOT ... EOT), an augmented
     caption, and MLM labels with exactly MASKS_PER_ROW masked tokens per caption."""
     g = torch.Generator().manual_seed(seed)
-    views = 2 if cfg.method.name == "declip" else 1
+    views = 1 if cfg.method.name in ("clip", "filip") else 2
     size, ctx = cfg.model.vision.image_size, cfg.model.text.context_length
 
     def captions():

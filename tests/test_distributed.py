@@ -113,6 +113,8 @@ def test_declip_cases_cover_every_branch(two_ranks):
     reference, _ = two_ranks
     assert set(reference["declip_all_bn_eval"]["parts"]) == {"clip", "simsiam", "mlm", "nn"}
     assert set(reference["declip_no_simsiam"]["parts"]) == {"clip", "mlm", "nn"}
+    assert set(reference["filip"]["parts"]) == {"clip", "filip"}
+    assert set(reference["defilip"]["parts"]) == {"clip", "mlm", "nn", "filip"}
 
 
 # ------------------------------------------------------------------------------ launch environment
