@@ -106,3 +106,25 @@ def test_dense_logit_scale_starts_at_one_over_007_and_is_not_decayed(tiny_cfg):
     params = dict(method.named_parameters())
     assert no_decay("dense.heads.logit_scale_dense", params["dense.heads.logit_scale_dense"])
     assert not no_decay("dense.heads.image.weight", params["dense.heads.image.weight"])
+
+
+@pytest.mark.parametrize("name", ["filip", "defilip"])
+def test_train_then_eval_and_export_the_checkpoint(tiny_cfg, tmp_path, capsys, name):
+    import open_clip
+
+    from declip.cli import main as cli_main
+    from declip.train.checkpoint import list_checkpoints
+    from declip.train.trainer import train
+    from helpers import metrics
+
+    cfg = tiny_cfg(f"method.name={name}", small=True)
+    train(cfg)
+    rows = metrics(cfg.train.output_dir)
+    assert all(r["filip_raw"] > 0 and "loss/filip" in r for r in rows)
+    assert metrics(cfg.train.output_dir, "eval")[-1]["builtin/top1"] >= 0  # zero-shot at the end
+    ckpt = list_checkpoints(cfg.train.output_dir)[-1][1]
+    assert cli_main(["eval", "--checkpoint", str(ckpt), "--builtin", "--brief"]) == 0
+    assert "builtin: top1=" in capsys.readouterr().out
+    assert cli_main(["export", str(ckpt), str(tmp_path / "exp")]) == 0
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'exp'}")
+    assert not any("dense" in k for k in model.state_dict())
