@@ -77,6 +77,12 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     "clip-crop07-ocinit": ("clip", ["data.crop_scale=[0.7,1.0]", "model.vision.init=open_clip"], False),
     "declip": ("declip", ["method.queue_size=4096", "method.simsiam_proj_dim=256", "method.simsiam_pred_dim=64"],
                False),
+    # FILIP / DeFILIP (issue 29) at the same head/queue sizes as "declip"; FILIP with the global term on (the
+    # reference config trains the dense term alone: "filip-dense-only")
+    "filip": ("filip", [], False),
+    "filip-dense-only": ("filip", ["method.clip_weight=0", "method.filip_weight=1"], False),
+    "defilip": ("defilip", ["method.queue_size=4096", "method.simsiam_proj_dim=256", "method.simsiam_pred_dim=64"],
+                False),
     "declip-ref": ("declip", [], False),  # reference head/queue sizes (65,536; 1,024/512)
     # issue 29: SLIP (its SimCLR head's hidden layer scaled down like DeCLIP's heads above; reference 4096) and the
     # sigmoid (SigLIP) loss in place of the softmax one, at the clip / declip variants' recipe

@@ -29,7 +29,8 @@ from declip.train.optim import build_optimizer
 
 # further methods measured beside CLIP and DeCLIP: (row label, method.name, its overrides)
 OTHER_ROWS = [("SLIP", "slip", []), ("CLIP sigmoid", "clip", ["method.contrastive_loss=sigmoid"]),
-              ("DeCLIP sigmoid", "declip", ["method.contrastive_loss=sigmoid"])]
+              ("DeCLIP sigmoid", "declip", ["method.contrastive_loss=sigmoid"]), ("FILIP", "filip", []),
+              ("DeFILIP", "defilip", [])]  # issue 29: the family's cost beside CLIP's, same towers, batch, steps
 
 
 def make(method: str, preset: str, batch: int, extra: list[str]):
@@ -100,8 +101,8 @@ def main() -> None:
         f"| CLIP | {t_clip:.4f} | {f_clip / 1e9:.2f} | {a.batch / t_clip:.1f} | {f_clip / t_clip / 1e9:.1f} |",
         f"| DeCLIP | {t_declip:.4f} | {f_declip / 1e9:.2f} | {a.batch / t_declip:.1f} | "
         f"{f_declip / t_declip / 1e9:.1f} |",
-        *(f"| {label} (x{t / t_clip:.2f} CLIP's time) | {t:.4f} | {f / 1e9:.2f} | {a.batch / t:.1f} | "
-          f"{f / t / 1e9:.1f} |" for label, t, f in others),
+        *(f"| {label} (x{t / t_clip:.2f} CLIP's time, x{f / f_clip:.2f} its FLOPs) | {t:.4f} | {f / 1e9:.2f} | "
+          f"{a.batch / t:.1f} | {f / t / 1e9:.1f} |" for label, t, f in others),
     ]
     summary = (f"DeCLIP/CLIP time ratio {time_ratio:.3f}, FLOP ratio {flop_ratio:.3f}: time is "
                f"{100 * gap:+.1f}% vs FLOPs (target within +-10%: {'MET' if abs(gap) <= 0.10 else 'NOT MET'})")

@@ -82,8 +82,9 @@ YFCC15M = sorted((ROOT / "configs").glob("*_yfcc15m.yaml"))
 
 
 def test_the_parametrized_config_tests_see_every_shipped_file():  # an empty glob would skip them silently
-    assert {p.name for p in YFCC15M} == {f"{method}_{model}_yfcc15m.yaml" for method in ("clip", "declip", "slip")
-                                         for model in ("rn50", "vitb32")}
+    methods = ("clip", "declip", "slip", "filip")  # DeFILIP: the reference has a ViT config only
+    assert {p.name for p in YFCC15M} == {f"{method}_{model}_yfcc15m.yaml" for method in methods
+                                         for model in ("rn50", "vitb32")} | {"defilip_vitb32_yfcc15m.yaml"}
     assert {p.name for p in SHIPPED} == {p.name for p in YFCC15M} | {"demo.yaml", "declip_small_data.yaml",
                                                                      "own_data.yaml"}
 
@@ -96,14 +97,18 @@ def test_yfcc15m_configs_are_the_reference_recipe(path):
     assert cfg.method.name == method
     assert cfg.model.preset == {"vitb32": "vit-b-32", "rn50": "rn50"}[model]
     o = cfg.optim
-    # SLIP's own schedule (experiments/slip_experiments/yfcc15m/*/config.yaml): warm-up 1e-4 -> 5e-4, decay 0.5
-    lr, wd = (5e-4, 0.5) if method == "slip" else (1e-3, 0.1)
+    # SLIP's and FILIP's own schedules (experiments/{slip,filip}_experiments/yfcc15m/*/config.yaml): warm-up
+    # 1e-4 -> 5e-4, weight decay 0.5
+    lr, wd = (5e-4, 0.5) if method in ("slip", "filip") else (1e-3, 0.1)
     assert (o.lr, o.weight_decay, o.betas, o.eps, o.min_lr) == (lr, wd, [0.9, 0.98], 1e-8, 0.0)
     assert (o.warmup_steps, o.warmup_start_lr, o.cosine_steps) == (2500, 1e-4, 128001)
     assert (cfg.train.steps, cfg.train.batch_size, cfg.train.precision) == (128001, 128, "fp32")
     assert cfg.data.source == "manifest" and cfg.eval.val_manifest and cfg.eval.val_root
-    if method == "declip":
-        m = cfg.method
+    m = cfg.method
+    if method in ("filip", "defilip"):  # experiments/{filip,defilip}_experiments/yfcc15m/*/config.yaml
+        assert (m.filip_dim, m.filip_topk, m.augment, m.contrast_text) == (256, 16, "mocov2", "masked")
+        assert (m.clip_weight, m.filip_weight) == ((0.0, 1.0) if method == "filip" else (0.4, 0.2))
+    if method in ("declip", "defilip"):
         assert (m.clip_weight, m.simsiam_weight, m.mlm_weight, m.nn_weight) == (0.4, 0.2, 0.2, 0.2)
         assert (m.queue_size, m.mask_prob, m.simsiam_proj_dim, m.simsiam_pred_dim) == (65536, 0.15, 1024, 512)
         assert m.eda_ops == ["synonym", "swap", "delete"]
@@ -118,9 +123,9 @@ def test_yfcc15m_configs_are_the_reference_recipe(path):
     if model == "rn50":
         assert cfg.model.vision.kind == "resnet" and cfg.model.vision.layers == [3, 4, 6, 3]
         assert cfg.model.embed_dim == 1024
-    else:
+    else:  # FILIP's ViT config: embed_dim 768 for both towers
         assert cfg.model.vision.kind == "vit" and cfg.model.vision.patch_size == 32
-        assert cfg.model.vision.image_size == 224 and cfg.model.embed_dim == 512
+        assert cfg.model.vision.image_size == 224 and cfg.model.embed_dim == (768 if method == "filip" else 512)
 
 
 def test_demo_is_the_packaged_file():

@@ -118,6 +118,8 @@ def test_declip_cases_cover_every_branch(two_ranks):
     # the sigmoid cases train the loss's own scale and bias, not the towers' scale
     assert {"contrastive.logit_scale", "contrastive.logit_bias"} <= set(reference["clip_sigmoid"]["grads"])
     assert "clip.logit_scale" not in reference["clip_sigmoid"]["trainable"]
+    assert set(reference["filip"]["parts"]) == {"clip", "filip"}
+    assert set(reference["defilip"]["parts"]) == {"clip", "mlm", "nn", "filip"}
 
 
 # ------------------------------------------------------------------------------ launch environment

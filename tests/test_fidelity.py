@@ -34,14 +34,16 @@ def test_sync_bn_syncs_only_the_image_tower():
     assert plain and all(n.startswith(("projector.", "predictor.")) for n in plain)
 
 
-@pytest.mark.parametrize("name", ["clip_rn50_yfcc15m.yaml", "declip_rn50_yfcc15m.yaml", "slip_rn50_yfcc15m.yaml"])
+@pytest.mark.parametrize("name", ["clip_rn50_yfcc15m.yaml", "declip_rn50_yfcc15m.yaml", "slip_rn50_yfcc15m.yaml",
+                                  "filip_rn50_yfcc15m.yaml"])
 def test_rn50_reference_configs_sync_the_tower_bn(name):
     cfg = load_config(ROOT / "configs" / name)
     assert cfg.train.sync_bn is True
 
 
 @pytest.mark.parametrize("name", ["clip_vitb32_yfcc15m.yaml", "declip_vitb32_yfcc15m.yaml",
-                                  "slip_vitb32_yfcc15m.yaml"])
+                                  "slip_vitb32_yfcc15m.yaml", "filip_vitb32_yfcc15m.yaml",
+                                  "defilip_vitb32_yfcc15m.yaml"])
 def test_vit_reference_configs_have_no_batchnorm_to_sync(name):
     assert load_config(ROOT / "configs" / name).train.sync_bn is False
 
@@ -66,7 +68,7 @@ def test_reference_configs_keep_the_reference_method():
     for path in REFERENCE_CONFIGS:
         cfg = load_config(path)
         assert cfg.method.augment == "mocov2" and cfg.method.multi_view is True
-        peak = 5e-4 if cfg.method.name == "slip" else 1e-3  # SLIP's config: warmup_lr 0.0005
+        peak = 5e-4 if cfg.method.name in ("slip", "filip") else 1e-3  # their configs: warmup_lr 0.0005
         assert (cfg.optim.lr, cfg.optim.warmup_start_lr, cfg.optim.warmup_steps) == (peak, 1e-4, 2500)
         assert tuple(cfg.optim.betas) == (0.9, 0.98) and cfg.optim.eps == 1e-8
         if cfg.method.name == "declip":

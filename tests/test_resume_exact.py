@@ -82,7 +82,7 @@ def assert_same_state(a, b, where: str = "") -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["declip", "clip", "slip", "clip+sigmoid"])
+@pytest.mark.parametrize("method", ["declip", "clip", "slip", "clip+sigmoid", "filip", "defilip"])
 def test_sigkill_then_resume_latest_is_bit_exact(tmp_path, method):
     seed = int(os.environ.get("DECLIP_KILL_SEED", time.time_ns() % 100_000))
     kill_step = random.Random(seed).randint(4, STEPS - 2)  # the first checkpoint is at step 3

@@ -140,7 +140,7 @@ class DataConfig:
 
 @dataclass
 class MethodConfig:
-    name: Literal["clip", "declip", "slip"] = "declip"
+    name: Literal["clip", "declip", "slip", "filip", "defilip"] = "declip"
     # every image-text term's loss: softmax (symmetric InfoNCE, the reference's) | sigmoid (SigLIP, open_clip's:
     # its own learnable scale and bias, init log 10 and -10; losses/sigmoid.py)
     contrastive_loss: Literal["softmax", "sigmoid"] = "softmax"
@@ -172,23 +172,34 @@ class MethodConfig:
     simclr_temperature: float = 0.1
     simclr_hidden_dim: int = 4096
     simclr_out_dim: int = 256
+    # FILIP / DeFILIP dense (token-wise) term, methods/filip.py; 0 builds no dense head. Reference: DeFILIP 0.2;
+    # FILIP's configs train the dense term alone (clip_weight 0, filip_weight 1).
+    filip_weight: float = 0.2
+    filip_dim: int = 256  # the dense heads' output width
+    filip_topk: int = 16  # tokens kept per side and pair before the gather
+    filip_chunk: int = 256  # gathered columns per similarity block (0 = all at once); memory only, same result
 
     def validate(self, check: Check) -> None:
-        for w in ("clip_weight", "simsiam_weight", "mlm_weight", "nn_weight", "simclr_weight"):
+        for w in ("clip_weight", "simsiam_weight", "mlm_weight", "nn_weight", "simclr_weight", "filip_weight"):
             check(getattr(self, w) >= 0, f"method.{w}", "must be >= 0")
         check(0.0 < self.mask_prob < 1.0, "method.mask_prob", "must be in (0, 1)")
         check(self.queue_size > 0, "method.queue_size", "must be > 0")
         check(self.nn_warmup_steps >= 0, "method.nn_warmup_steps", "must be >= 0")
         check(len(self.eda_ops) > 0, "method.eda_ops", "needs at least one of synonym, swap, delete, insert")
-        if self.name == "declip":
-            check(self.clip_weight + self.simsiam_weight + self.mlm_weight + self.nn_weight > 0,
-                  "method.clip_weight", "all DeCLIP loss weights are 0")
-        if self.name == "slip":
-            check(self.clip_weight + self.simclr_weight > 0, "method.simclr_weight",
-                  "method.clip_weight and method.simclr_weight are both 0: SLIP would train nothing")
         check(self.simclr_temperature > 0, "method.simclr_temperature", "must be > 0 (SLIP's: 0.1)")
         check(self.simclr_hidden_dim > 0 and self.simclr_out_dim > 0, "method.simclr_out_dim",
               "the SimCLR head's sizes must be > 0 (SLIP's: hidden 4096, out 256)")
+        for key in ("filip_dim", "filip_topk", "filip_chunk"):
+            check(getattr(self, key) >= (0 if key == "filip_chunk" else 1), f"method.{key}",
+                  "must be >= 0 (0 = unchunked)" if key == "filip_chunk" else "must be >= 1")
+        if self.name == "slip":
+            check(self.clip_weight + self.simclr_weight > 0, "method.simclr_weight",
+                  "method.clip_weight and method.simclr_weight are both 0: SLIP would train nothing")
+        elif self.name != "clip":
+            dense = self.filip_weight if self.name in ("filip", "defilip") else 0.0
+            others = (self.clip_weight,) if self.name == "filip" else (
+                self.clip_weight, self.simsiam_weight, self.mlm_weight, self.nn_weight)
+            check(sum(others) + dense > 0, "method.clip_weight", f"all {self.name} loss weights are 0")
 
 
 # method.name=slip: the loss weights of the reference (loss_weight.clip_loss 1, simclr_loss 1 in
@@ -413,8 +424,8 @@ def validate(cfg: Config, sources: dict[str, str] | None = None) -> None:
 
     for section in (cfg.model, cfg.data, cfg.method, cfg.optim, cfg.train, cfg.eval):
         section.validate(check)
-    check(not cfg.data.second_view_crop_scale or cfg.method.name != "clip", "data.second_view_crop_scale",
-          "method.name=clip trains on one image view; set data.crop_scale instead")
+    check(not cfg.data.second_view_crop_scale or cfg.method.name not in ("clip", "filip"),
+          "data.second_view_crop_scale", f"method.name={cfg.method.name} trains on one image view; set data.crop_scale instead")
 
 
 def demo_config_path() -> Path:

@@ -18,6 +18,14 @@ def method_class(name: str) -> type[Method]:
         from .slip import SLIP
 
         return SLIP
+    if name == "filip":
+        from .filip import FILIP
+
+        return FILIP
+    if name == "defilip":
+        from .defilip import DeFILIP
+
+        return DeFILIP
     raise ValueError(f"unknown method {name!r}")
 
 

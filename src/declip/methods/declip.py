@@ -22,7 +22,7 @@ from ..losses.mlm import MLMLoss
 from ..losses.nn_queue import NearestNeighborQueue
 from ..losses.simsiam import SimSiamLoss
 from ..models.heads import MLMHead, SimSiamPredictor, SimSiamProjector
-from ..models.towers import encode_text_with_tokens
+from ..models.towers import encode_image_with_tokens, encode_text_with_tokens
 from ..distributed import get_rank
 from .base import Method
 
@@ -59,28 +59,46 @@ class DeCLIP(Method):
             keep_plain=DeCLIP.contrasts_plain_text(m)))
 
     def forward(self, batch):
-        w, gather = self.w, not self.cfg.method.local_loss
+        return self.supervise(batch, self.encode(batch))
+
+    def encode(self, batch, image_tokens: bool = False, text_tokens: bool = False) -> dict:
+        """Both image views in one forward (2B images) and every caption in one text forward. ``image_tokens``
+        / ``text_tokens`` also return the dense tokens (DeFILIP): "image_tokens" of both views, "text_tokens"
+        of every caption encoded, "text_ids" the ids encoded (the contrastive captions first)."""
+        w = self.w
         images = batch["images"]  # [B, 2, C, H, W]
         b = images.shape[0]
-        feats = self.clip.encode_image(images.transpose(0, 1).reshape(2 * b, *images.shape[2:]))
-        f1, f2 = feats[:b], feats[b:]
-        multi_view = self.cfg.method.multi_view
-        use_aug = (w["clip"] > 0 and multi_view) or w["nn"] > 0
-        plain = self.contrasts_plain_text(self.cfg.method)
-        contrast_ids = [batch["text_plain"] if plain else batch["text"]] + ([batch["text_aug"]] if use_aug else [])
-        n_contrast = b * len(contrast_ids)
-        text_ids = torch.cat(contrast_ids + ([batch["text"]] if plain else []))  # masked ids last, MLM only
-        if w["mlm"] > 0:
-            text_feats, tokens = encode_text_with_tokens(self.clip, text_ids)
-            mlm_tokens = tokens[n_contrast:] if plain else tokens[:b]
+        both = images.transpose(0, 1).reshape(2 * b, *images.shape[2:])
+        out = {"b": b}
+        if image_tokens:
+            feats, out["image_tokens"] = encode_image_with_tokens(self.clip, both)
         else:
-            text_feats = self.clip.encode_text(text_ids)
+            feats = self.clip.encode_image(both)
+        out["f1"], out["f2"] = feats[:b], feats[b:]
+        out["use_aug"] = (w["clip"] > 0 and self.cfg.method.multi_view) or w["nn"] > 0
+        plain = self.contrasts_plain_text(self.cfg.method)
+        contrast_ids = [batch["text_plain"] if plain else batch["text"]] + (
+            [batch["text_aug"]] if out["use_aug"] else [])
+        out["n_contrast"] = n_contrast = b * len(contrast_ids)
+        out["text_ids"] = text_ids = torch.cat(contrast_ids + ([batch["text"]] if plain else []))  # masked last
+        if w["mlm"] > 0 or text_tokens:
+            out["text_feats"], tokens = encode_text_with_tokens(self.clip, text_ids)
+            out["mlm_tokens"] = tokens[n_contrast:] if plain else tokens[:b]
+            out["text_tokens"] = tokens
+        else:
+            out["text_feats"] = self.clip.encode_text(text_ids)
+        return out
 
+    def supervise(self, batch, enc: dict):
+        """DeCLIP's four supervisions from the features ``encode`` returned: (losses, metrics)."""
+        w, gather = self.w, not self.cfg.method.local_loss
+        b, f1, f2, n_contrast, use_aug = enc["b"], enc["f1"], enc["f2"], enc["n_contrast"], enc["use_aug"]
+        multi_view = self.cfg.method.multi_view
         losses, metrics = {}, {}
         scale = self.contrastive.scale(self.clip)
         metrics.update(self.contrastive.metrics(scale))
         i1, i2 = F.normalize(f1, dim=-1), F.normalize(f2, dim=-1)
-        t_all = F.normalize(text_feats[:n_contrast], dim=-1)
+        t_all = F.normalize(enc["text_feats"][:n_contrast], dim=-1)
         t, t_aug = t_all[:b], (t_all[b:] if use_aug else None)
         g_i1, g_i2 = Gathered(i1, gather=gather), Gathered(i2, gather=gather)
         offset = g_i1.offset
@@ -107,7 +125,7 @@ class DeCLIP(Method):
             metrics["simsiam_raw"] = loss.detach()
 
         if w["mlm"] > 0:
-            loss, acc = self.mlm(mlm_tokens, batch["mlm_labels"], self.mlm_head, batch.get("mlm_index"))
+            loss, acc = self.mlm(enc["mlm_tokens"], batch["mlm_labels"], self.mlm_head, batch.get("mlm_index"))
             losses["mlm"] = w["mlm"] * loss
             metrics["mlm_raw"], metrics["mlm_acc"] = loss.detach(), acc
 

@@ -1,6 +1,10 @@
-"""Heads that exist only for training: SimSiam's projector/predictor and the MLM vocabulary head."""
+"""Heads that exist only for training: SimSiam's projector/predictor, the MLM vocabulary head and FILIP's dense
+heads (which token-wise evaluation reads too)."""
 from __future__ import annotations
 
+import math
+
+import torch
 import torch.nn as nn
 
 
@@ -51,3 +55,13 @@ class SimCLRHead(nn.Module):
 
     def forward(self, x):
         return self.net(x)
+class DenseHeads(nn.Module):
+    """FILIP's dense heads: image tokens and text tokens each mapped by a Linear (with bias) to ``dim`` (reference:
+    256), and a dense logit scale of its own, init ln(1/0.07). The reference never clamps or caps this scale (its
+    logit-scale clamp touches the global one only); the optimizer's no-decay rule matches it by name."""
+
+    def __init__(self, image_width: int, text_width: int, dim: int = 256):
+        super().__init__()
+        self.image = nn.Linear(image_width, dim)
+        self.text = nn.Linear(text_width, dim)
+        self.logit_scale_dense = nn.Parameter(torch.tensor(math.log(1 / 0.07)))

@@ -118,3 +118,33 @@ def encode_image_with_trunk(clip: CustomTextCLIP, images: torch.Tensor) -> tuple
 def trunk_dim(cfg: ModelConfig) -> int:
     """The width of :func:`encode_image_with_trunk`'s trunk feature for these towers."""
     return cfg.vision.width if cfg.vision.kind == "vit" else cfg.vision.width * 32
+def encode_image_with_tokens(clip: CustomTextCLIP, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pooled (projected) image feature and the reference's dense tokens, in one image forward.
+
+    FILIP's dense tokens (Sense-GVT/DeCLIP prototype/model/image_encoder/): ViT: the transformer's output for the
+    patch tokens, CLS excluded, BEFORE ln_post (ln_post and proj are applied to CLS alone); ResNet: layer4's
+    spatial map, flattened to H*W tokens, before the attention pool. open_clip's ``output_tokens`` returns the
+    patch tokens after ln_post, so the tower's parts are run here (a compiled tower's forward is bypassed)."""
+    v = clip.visual
+    if hasattr(v, "attnpool"):  # ModifiedResNet
+        x = v.stem(images.to(v.conv1.weight.dtype))
+        x = v.layer4(v.layer3(v.layer2(v.layer1(x))))
+        return v.attnpool(x), x.flatten(2).transpose(1, 2)
+    x = v.transformer(v._embeds(images))
+    pooled = v.ln_post(x[:, 0])  # LayerNorm is per token: equal to open_clip's ln_post(x)[:, 0]
+    if v.proj is not None:
+        pooled = pooled @ v.proj
+    return pooled, x[:, 1:]
+
+
+def dense_token_width(clip: CustomTextCLIP) -> int:
+    """Width of the image tokens that ``encode_image_with_tokens`` returns (ViT: width; ResNet: 32 x width)."""
+    v = clip.visual
+    return v.attnpool.k_proj.in_features if hasattr(v, "attnpool") else v.ln_post.normalized_shape[0]
+
+
+def text_token_mask(ids: torch.Tensor) -> torch.Tensor:
+    """[B, T] bool: the positions of a caption up to and including its EOT (SOT, words, EOT); False on padding.
+    Found from the EOT position, not ``ids != 0``: id 0 is a real BPE token ("!")."""
+    eot = (ids == EOT_ID).int().argmax(dim=1, keepdim=True)
+    return torch.arange(ids.shape[1], device=ids.device)[None] <= eot

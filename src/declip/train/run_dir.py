@@ -19,7 +19,7 @@ from .checkpoint import BEST_NAME, list_checkpoints
 from .checkpoint import resolve_resume as find_checkpoint
 
 SHAPE_PREFIXES = ("model.", "method.name", "method.simsiam_proj_dim", "method.simsiam_pred_dim",
-                  "method.queue_size")
+                  "method.queue_size", "method.filip_dim")
 FREE_PREFIXES = ("train.steps", "train.log_every", "train.ckpt_every", "train.keep_last", "train.progress",
                  "train.tensorboard", "train.output_dir", "train.dist_timeout_s", "train.max_nonfinite_skips",
                  "train.peak_tflops", "train.mode", "train.compile", "train.grad_checkpointing", "train.channels_last",
