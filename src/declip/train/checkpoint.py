@@ -268,7 +268,8 @@ def verify_checksums(path: Path, state: dict) -> None:
         written, found = state["checksums"], part_checksums(state)
         bad = [k for k in sorted(set(written) | set(found)) if written.get(k) != found.get(k)]
         if bad:
-            raise CheckpointError(f"{path} is corrupt: its {', '.join(bad)} do not match the checksums written "
-                                  "with it; resume from an earlier checkpoint (--resume PATH) or start afresh")
+            raise CheckpointError(f"{path} is corrupt: its {', '.join(bad)} {'does' if len(bad) == 1 else 'do'} not "
+                                  "match the checksum written with it; resume from an earlier checkpoint "
+                                  "(--resume PATH) or start afresh")
     elif "checksum" in state and payload_checksum(state) != state["checksum"]:
         raise CheckpointError(f"{path} is corrupt: its tensors do not match the checksum written with them")
