@@ -28,8 +28,9 @@ def make_output_dir(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as e:
-        raise RunDirError(f"train.output_dir={directory}: {e.filename or directory} is a file, not a folder; "
-                          "choose another train.output_dir or move the file away") from e
+        blocker = next((p for p in (directory, *directory.parents) if p.is_file()), directory)
+        raise RunDirError(f"train.output_dir={directory}: {blocker} is a file, not a folder; choose another "
+                          "train.output_dir or move the file away") from e
 
 
 def holder_info() -> dict:
