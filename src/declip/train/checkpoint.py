@@ -19,9 +19,12 @@ everything in a payload must be a tensor, a number, a string, None or a list/tup
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 import shutil
+import socket
+import warnings
 import zlib
 from pathlib import Path
 
@@ -30,13 +33,15 @@ import torch
 from ..errors import CheckpointError, NonFiniteError
 
 CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
-TMP_RE = re.compile(r"^\..+\.pt\.tmp\.(\d+)$")
+TMP_RE = re.compile(r"^\..+\.pt\.tmp\.(?:(.+)\.)?(\d+)$")  # .<name>.tmp.<host>.<pid> (no host: older declip)
 BEST_NAME = "best.pt"
+CHECKSUM_KEYS = ("checksum", "checksums")
 
 
 def _tmp_path(path: Path) -> Path:
-    """Where a write of ``path`` goes before its rename (the name ``TMP_RE`` and ``remove_stale_tmp`` know)."""
-    return path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    """Where a write of ``path`` goes before its rename (the name ``TMP_RE`` and ``remove_stale_tmp`` know): the
+    writer's host and pid, so that a cleanup can tell a dead writer's leftover from a live writer's file."""
+    return path.with_name(f".{path.name}.tmp.{socket.gethostname()}.{os.getpid()}")
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -59,15 +64,24 @@ def atomic_torch_save(obj, path: Path) -> None:
                 f.flush()
                 os.fsync(f.fileno())
         except (OSError, RuntimeError) as e:  # a full disk surfaces as torch's "enforce fail" RuntimeError
-            free = shutil.disk_usage(path.parent).free / 2**20
-            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:120]
-            raise CheckpointError(f"cannot write {path} ({why}; {free:.0f} MiB free on that disk): free some "
-                                  "space or lower train.keep_last, then resume with --resume latest") from e
+            why = (e.strerror or str(e)) if isinstance(e, OSError) else str(e).strip().splitlines()[0][:120]
+            if "enforce fail" in why or "PytorchStreamWriter" in why:  # torch's C++ internals, no help to a user
+                why = "the write failed"
+            raise CheckpointError(write_failure(path, why, "free some space or lower train.keep_last")) from e
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_failure(path: Path, why: str, remedy: str = "free some space") -> str:
+    """One line for a write into the run folder that failed (a full disk, typically): the file, the free space,
+    and the way back, which depends on whether the run has a checkpoint to resume from yet."""
+    free = shutil.disk_usage(path.parent).free / 2**20
+    back = ("resume with --resume latest" if list_checkpoints(path.parent) else
+            "start the run again with --overwrite (there is no checkpoint to resume yet)")
+    return f"cannot write {path} ({why}; {free:.0f} MiB free on that disk): {remedy}, then {back}"
 
 
 def rng_state() -> dict:
@@ -106,41 +120,73 @@ def assert_finite(state_dict: dict, doing: str = "write a checkpoint") -> None:
         raise NonFiniteError(f"refusing to {doing}: non-finite weights in {bad[:5]}")
 
 
-def _tensors(tree, out: list) -> list:
+def _crc(tree, crc: int, values: bool) -> int:
+    """CRC-32 of a payload tree in a fixed order (dict keys sorted). ``values=False``: tensor bytes only (the
+    checksum of older declip checkpoints); True: keys, numbers, strings, lengths, dtypes and shapes as well."""
     if torch.is_tensor(tree):
-        out.append(tree)
-    elif isinstance(tree, dict):
+        if values:
+            crc = zlib.crc32(f"T{tree.dtype}{tuple(tree.shape)}".encode(), crc)
+        return zlib.crc32(tree.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy(), crc)
+    if isinstance(tree, dict):
         for k in sorted(tree, key=str):
-            _tensors(tree[k], out)
-    elif isinstance(tree, (list, tuple)):
+            crc = zlib.crc32(f"K{k!r}".encode(), crc) if values else crc
+            crc = _crc(tree[k], crc, values)
+        return crc
+    if isinstance(tree, (list, tuple)):  # one tag for both: a tuple may load back as either
+        crc = zlib.crc32(f"L{len(tree)}".encode(), crc) if values else crc
         for v in tree:
-            _tensors(v, out)
-    return out
+            crc = _crc(v, crc, values)
+        return crc
+    return zlib.crc32(f"V{tree!r}".encode(), crc) if values else crc
 
 
 def checksum(tree) -> int:
     """CRC-32 of every tensor's bytes in a fixed order: torch.load does not verify a file's contents, so a
     flipped bit in a weight would otherwise load without complaint."""
-    crc = 0
-    for t in _tensors(tree, []):
-        crc = zlib.crc32(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy(), crc)
-    return crc
+    return _crc(tree, 0, values=False)
+
+
+def part_checksums(payload: dict) -> dict[str, int]:
+    """One CRC-32 per part of a payload (model, optimizer, step, rng, data, config, ...): a resume depends on
+    every part, not only the weights, and a mismatch then names the part that changed."""
+    return {k: _crc(v, 0, values=True) for k, v in payload.items() if k not in CHECKSUM_KEYS}
+
+
+def _alive_here(host: str | None, pid: int) -> bool:
+    """Whether a temp file's writer may still be running: another host's writer cannot be checked, so it is."""
+    if host is not None and host != socket.gethostname():
+        return True
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def remove_stale_tmp(directory: Path) -> None:
-    """Delete temporary files left by a writer that was killed mid-write (SIGKILL skips the cleanup)."""
+    """Delete temporary files left by a writer that was killed mid-write (SIGKILL skips the cleanup), and only
+    those: a live writer's file (another run's save in progress) is never touched."""
     for p in Path(directory).glob(".*.pt.tmp.*"):
-        if (m := TMP_RE.match(p.name)) and int(m.group(1)) != os.getpid():
+        if (m := TMP_RE.match(p.name)) and not _alive_here(m.group(1), int(m.group(2))):
             p.unlink(missing_ok=True)
 
 
 def payload_checksum(payload: dict) -> int:
+    """The single checksum of older declip checkpoints (model and optimizer tensors), still verified on load."""
     return checksum([payload.get("model", {}), payload.get("optimizer", {})])
+
+
+def _with_checksums(payload: dict) -> dict:
+    return {**{k: v for k, v in payload.items() if k not in CHECKSUM_KEYS}, "checksums": part_checksums(payload)}
 
 
 def save_checkpoint(directory: Path, step: int, payload: dict, keep_last: int) -> Path:
     assert_finite(payload["model"])
-    payload = {**payload, "checksum": payload_checksum(payload)}
+    payload = _with_checksums(payload)
     remove_stale_tmp(directory)
     path = checkpoint_path(directory, step)
     atomic_torch_save(payload, path)
@@ -153,7 +199,7 @@ def save_checkpoint(directory: Path, step: int, payload: dict, keep_last: int) -
 def save_best(directory: Path, payload: dict) -> Path:
     """``best.pt``: a full payload (it resumes like any checkpoint), replaced atomically on each improvement."""
     assert_finite(payload["model"])
-    payload = {**payload, "checksum": payload_checksum(payload)}
+    payload = _with_checksums(payload)
     path = Path(directory) / BEST_NAME
     atomic_torch_save(payload, path)
     return path
@@ -196,13 +242,34 @@ def load_checkpoint(path: Path, map_location="cpu", require: tuple[str, ...] = (
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's note on an old pickle protocol: the error below says it all
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise CheckpointError(f"cannot load checkpoint {path}: truncated or not a torch file") from e
+        raise CheckpointError(f"{path} holds Python objects that a safe load (weights_only) refuses: it is not a "
+                              "declip checkpoint, or not from a source to trust; not loaded") from e
     except Exception as e:  # truncated / foreign files: say which file
         raise CheckpointError(f"cannot load checkpoint {path}: truncated or not a torch file "
                               f"({str(e).splitlines()[0][:100]})") from e
     missing = [k for k in require if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"{path} is not a declip checkpoint (no {', '.join(map(repr, missing))})")
-    if isinstance(state, dict) and "checksum" in state and payload_checksum(state) != state["checksum"]:
-        raise CheckpointError(f"{path} is corrupt: its tensors do not match the checksum written with them")
+    if isinstance(state, dict):
+        verify_checksums(path, state)
     return state
+
+
+def verify_checksums(path: Path, state: dict) -> None:
+    """Refuse a payload whose parts differ from the checksums written with them (older files: the one checksum
+    of their model and optimizer tensors)."""
+    if isinstance(state.get("checksums"), dict):
+        written, found = state["checksums"], part_checksums(state)
+        bad = [k for k in sorted(set(written) | set(found)) if written.get(k) != found.get(k)]
+        if bad:
+            raise CheckpointError(f"{path} is corrupt: its {', '.join(bad)} {'does' if len(bad) == 1 else 'do'} not "
+                                  "match the checksum written with it; resume from an earlier checkpoint "
+                                  "(--resume PATH) or start afresh")
+    elif "checksum" in state and payload_checksum(state) != state["checksum"]:
+        raise CheckpointError(f"{path} is corrupt: its tensors do not match the checksum written with them")

@@ -13,7 +13,9 @@ import torch
 
 from .. import distributed as dist
 from ..config import Config, from_preset
+from ..errors import RunDirError
 from ..metric_names import producible_metrics
+from .checkpoint import write_failure
 
 log = logging.getLogger("declip")
 
@@ -186,7 +188,8 @@ class MetricsWriter:
             if dropped:
                 log.info("metrics.jsonl: dropped %d records past step %d, where this run starts (left by an "
                          "interrupted or earlier run in the same directory)", dropped, resume_step)
-        self.jsonl = open(output_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self.path = output_dir / "metrics.jsonl"
+        self.jsonl = open(self.path, "a", encoding="utf-8")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -200,8 +203,11 @@ class MetricsWriter:
         if not self.enabled:
             return
         record = {"kind": kind, "step": step, "time": time.time(), **values}
-        self.jsonl.write(json.dumps(record) + "\n")
-        self.jsonl.flush()
+        try:
+            self.jsonl.write(json.dumps(record) + "\n")
+            self.jsonl.flush()
+        except OSError as e:  # a full disk: the OS error alone names no file
+            raise RunDirError(write_failure(self.path, e.strerror or str(e))) from e
         if self.tb is not None:
             for k, v in values.items():
                 if isinstance(v, (int, float)):
@@ -209,6 +215,9 @@ class MetricsWriter:
 
     def close(self) -> None:
         if self.enabled:
-            self.jsonl.close()
+            try:
+                self.jsonl.close()
+            except OSError:  # the flush of a write that already failed (full disk): that error is reported
+                pass
             if self.tb is not None:
                 self.tb.close()

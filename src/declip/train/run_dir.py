@@ -1,7 +1,10 @@
 """What a run may do with its output folder: start fresh, resume, or refuse, decided before anything is built.
 
+- One run at a time: rank 0 locks the folder (``run_lock``) before it looks at anything in it.
 - A fresh run into a folder that holds another run's checkpoints is refused (a later ``--resume latest`` would
-  silently continue the other run); ``--overwrite`` removes that run's checkpoints and metrics first.
+  silently continue the other run), and so is one into a folder with an earlier run's metrics but no checkpoint
+  (an interrupted run: starting over would drop its records); ``--overwrite`` removes that run's checkpoints,
+  metrics and log first, before anything of the new run is opened there.
 - ``--resume latest`` with nothing to resume is an error; ``--resume latest-or-new`` starts fresh then (for
   requeue scripts that cannot know whether the first attempt got as far as a checkpoint).
 - Resuming compares the checkpoint's config with this one: what changes the model's or method's shape is
@@ -14,9 +17,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ..errors import CheckpointError, RunDirError
+from .. import distributed as dist
+from ..errors import CheckpointError, DeclipError, RunDirError
 from .checkpoint import BEST_NAME, list_checkpoints
 from .checkpoint import resolve_resume as find_checkpoint
+from .metrics import read_metrics
+from .run_lock import RunLock
 
 SHAPE_PREFIXES = ("model.", "method.name", "method.simsiam_proj_dim", "method.simsiam_pred_dim",
                   "method.queue_size", "method.filip_dim")
@@ -68,13 +74,17 @@ def resume_path(spec: str | None, directory: Path, overwrite: bool = False) -> P
     directory = Path(directory)
     found = list_checkpoints(directory)
     if spec is None or (spec == "latest-or-new" and not found):
-        if found or (directory / BEST_NAME).exists():
-            if not overwrite:
-                newest = found[-1][1].name if found else BEST_NAME
-                raise RunDirError(f"{directory} already holds a run's checkpoints (newest: {newest}): resume it "
-                                  "with --resume latest, choose another train.output_dir, or pass --overwrite to "
-                                  "replace it")
+        if overwrite:
             clear_run(directory)
+        elif found or (directory / BEST_NAME).exists():
+            newest = found[-1][1].name if found else BEST_NAME
+            raise RunDirError(f"{directory} already holds a run's checkpoints (newest: {newest}): resume it "
+                              "with --resume latest, choose another train.output_dir, or pass --overwrite to "
+                              "replace it")
+        elif spec is None and (last := _last_logged_step(directory)) is not None:  # latest-or-new: a requeue
+            raise RunDirError(f"{directory / 'metrics.jsonl'} holds an earlier run's metrics (up to step {last}) "
+                              "but no checkpoint to resume: choose another train.output_dir, or pass --overwrite "
+                              "to replace that run")
         return None
     if spec in ("latest", "latest-or-new"):
         if not found:
@@ -82,6 +92,37 @@ def resume_path(spec: str | None, directory: Path, overwrite: bool = False) -> P
                               "--resume latest-or-new to start fresh when there is none")
         return found[-1][1]
     return find_checkpoint(spec, directory)
+
+
+def _last_logged_step(directory: Path) -> int | None:
+    """The last step in the folder's metrics.jsonl; None when there is no record (or no file)."""
+    path = directory / "metrics.jsonl"
+    records = read_metrics(path) if path.is_file() else []
+    return max(int(r["step"]) for r in records) if records else None
+
+
+def claim_output_dir(directory: Path, resume: str | None, overwrite: bool,
+                     is_main: bool) -> tuple[RunLock, Path | None]:
+    """The run's lock (held by rank 0; an unheld one elsewhere) and the checkpoint to resume (None = fresh), decided before
+    anything of the run is opened in the folder: rank 0 locks it, then checks it and clears it for
+    ``--overwrite``. The other ranks learn rank 0's verdict in one collective, so that a refusal ends every rank
+    at once (not at the first barrier, after ``train.dist_timeout_s``), and look at the folder only once it is
+    cleared."""
+    lock, path, error = RunLock(directory), None, None
+    if is_main:
+        try:
+            lock.acquire()
+            path = resume_path(resume, directory, overwrite)
+        except DeclipError as e:
+            lock.release()
+            error = e
+    if dist.any_rank(error is not None):
+        if error is not None:
+            raise error
+        raise RunDirError(f"rank 0 refused train.output_dir={directory} (its message says why)")
+    if not is_main:
+        path = resume_path(resume, directory)
+    return lock, path
 
 
 def clear_run(directory: Path) -> None:

@@ -35,7 +35,7 @@ from .metrics import MetricMeter, MetricsWriter, StepClock, describe_run, log, s
 from .mfu import StepFlops, device_peak_tflops
 from .optim import build_optimizer, lr_at, set_lr
 from .preflight import check_eval_paths
-from .run_dir import check_resume_config, resume_path
+from .run_dir import check_resume_config, claim_output_dir
 from .workers import ignore_preemption_in_worker, stop_loader_workers
 
 
@@ -47,12 +47,21 @@ class Trainer:
         self.info = dist.env_dist_info()
         self.device = resolve_device(tr.device, self.info.local_rank, self.info.local_world_size)
         dist.init_distributed(self.device, tr.dist_timeout_s)
+        # locked (one run per folder) and cleared for --overwrite before anything, train.log included, is opened
+        self._lock, path = claim_output_dir(self.out, resume, overwrite, self.info.is_main)
+        try:
+            self._build(path, allow_config_change)
+        except BaseException:  # a failed start frees the folder at once (train() has no trainer to close)
+            self._lock.release()
+            raise
+
+    def _build(self, path: Path | None, allow_config_change: bool) -> None:
+        cfg, tr = self.cfg, self.cfg.train
         setup_logging(self.out, self.info.is_main)
         self.precision = effective_precision(tr.precision, self.device.type)
         self._stop_signal: int | None = None
         self._previous_handlers: dict = {}
 
-        path = resume_path(resume, self.out, overwrite and self.info.is_main)
         state = load_checkpoint(path, map_location=self.device) if path else None
         changes = check_resume_config(state["config"], cfg.to_dict(), allow_config_change) if state else []
         source = build_source(cfg.data, image_size=cfg.model.vision.image_size)  # data errors before the model
@@ -390,6 +399,7 @@ class Trainer:
             if handler is not None:
                 signal.signal(sig, handler)
         self.writer.close()
+        self._lock.release()
         dist.cleanup()
 
 
