@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from declip.data.loader import DataSpec, PairDataset, build_train_loader
+from declip.data.loader import MAX_EXAMPLES, DataSpec, PairDataset, build_train_loader
 from declip.data.manifest import ManifestSource
 from declip.data.errors import SKIP_REASONS, BadSample
 from declip.errors import DataQualityError
@@ -144,7 +144,7 @@ def test_dataset_counts_every_failed_attempt(bad_data):
     loader = build_train_loader(ds, batch_size=len(reasons), num_workers=0, rank=0, world_size=1, seed=3)
     batch = next(iter(loader))
     assert torch.equal(batch["skips"], per_sample)
-    assert len(batch["skip_examples"]) == 3
+    assert len(batch["skip_examples"]) == MAX_EXAMPLES
 
 
 def test_trainer_stops_past_the_skip_rate_naming_examples(bad_data, tiny_cfg):

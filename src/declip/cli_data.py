@@ -11,9 +11,13 @@ from .errors import DataError
 def cmd_check(args) -> int:
     from .data.tools import check_manifest
 
+    if args.timeout <= 0 or args.max_image_pixels <= 0:
+        print("error: --timeout and --max-image-pixels must be > 0", file=sys.stderr)
+        return 2
     try:
         report = check_manifest(args.manifest, args.root, args.threads, args.examples, args.image_size,
-                                progress=not args.no_progress)
+                                progress=not args.no_progress, timeout_s=args.timeout,
+                                max_pixels=args.max_image_pixels, allow_outside_root=args.allow_outside_root)
     except (OSError, DataError) as e:  # no manifest to check (missing, a folder, empty): 2, not 1
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -47,6 +51,12 @@ def add_data_parser(sub) -> None:
     common(c)
     c.add_argument("--examples", type=int, default=5, help="examples shown per problem")
     c.add_argument("--image-size", type=int, default=224, help="model input side (decode as training does)")
+    c.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to read and decode one sample before it counts as timeout (data.sample_timeout_s)")
+    c.add_argument("--max-image-pixels", type=int, default=64_000_000,
+                   help="larger images count as too_large (data.max_image_pixels)")
+    c.add_argument("--allow-outside-root", action="store_true",
+                   help="accept absolute and '..' filenames (data.allow_outside_root)")
     c.set_defaults(func=cmd_check)
 
     s = dsub.add_parser("shard", help="write webdataset shards: key.jpg + key.txt + key.json")

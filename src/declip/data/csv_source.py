@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .decode import check_caption, load_image
+from .bounded import contained
+from .decode import DEFAULT_MAX_PIXELS, check_caption, load_image
 from .offsets import RecordFile, load_or_build
 from ..errors import DataError
 from .errors import BadSample, require_file
@@ -74,10 +75,12 @@ class CsvSource(ReopenAfterPickle):
 
     def __init__(self, path: str | Path, root: str | Path = "", image_key: str = "filepath",
                  caption_key: str = "title", separator: str = "\t", image_size: int | None = None,
-                 index_dir: str | None = None):
+                 index_dir: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 allow_outside_root: bool = False):
         self.path, self.root = Path(path), Path(root) if root else None
         self.image_key, self.caption_key, self.sep = image_key, caption_key, separator
         self.image_size, self.index_dir = image_size, index_dir
+        self.max_pixels, self.allow_outside_root = max_pixels, allow_outside_root
         require_file(self.path, "CSV file")
         self._open()
         header = self._row(-1) if len(self.starts) > 1 else []
@@ -126,5 +129,6 @@ class CsvSource(ReopenAfterPickle):
         name = row[self.image_col]
         if not name:
             raise BadSample("bad_line", f"{where}: empty {self.image_key!r}")
-        path = self.root / name if self.root else Path(name)
-        return load_image(path, self.image_size), caption
+        # without data.root the paths are used as written (open_clip's CSVs): there is no root to stay in
+        path = contained(self.root, name, self.allow_outside_root, where) if self.root else Path(name)
+        return load_image(path, self.image_size, self.max_pixels), caption

@@ -10,8 +10,9 @@ still has at least the training resolution, and decoding a 2000 px photo at 1/4 
 from __future__ import annotations
 
 import io
+import os
 import re
-import warnings
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,11 @@ from .errors import BadSample
 # Latin letters: ASCII, Latin-1 Supplement (minus the x/÷ signs), Latin Extended-A/B, Latin Extended Additional.
 _LATIN = re.compile(r"[A-Za-z\u00C0-\u00D6\u00D8-\u00F6\u00F8-\u024F\u1E00-\u1EFF]")
 _TRANSPARENT_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+# data.max_image_pixels' default: 64 Mpx (8000 x 8000; 192 MB as RGB, once per worker decoding it). Larger
+# images are skipped as too_large from their header, before any pixel is decoded. PIL's own decompression-bomb
+# limit (Image.MAX_IMAGE_PIXELS) is set to the same value by decode_image: its warning (above the limit) and
+# error (above twice it) then agree with ours instead of firing at PIL's unrelated default of ~89 Mpx.
+DEFAULT_MAX_PIXELS = 64_000_000
 
 
 def check_caption(caption, where: str = "") -> str:
@@ -43,13 +49,30 @@ def check_caption(caption, where: str = "") -> str:
 
 
 def read_image_bytes(path: str | Path) -> bytes:
-    """File contents, with a missing or empty file mapped to its skip reason."""
+    """File contents, with a missing, empty or non-regular file mapped to its skip reason.
+
+    Opened with O_NONBLOCK and checked to be a regular file before any read: a FIFO (or a device) in place of
+    an image would otherwise block the read forever; O_NONBLOCK makes opening a FIFO return at once, and it
+    changes nothing for a regular file's reads.
+    """
     try:
-        data = Path(path).read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise BadSample("missing_file", str(path)) from None
     except PermissionError as e:
         raise BadSample("missing_file", f"{path}: {e.strerror}") from None
+    except OSError as e:  # ENXIO: a socket; anything else that is there but cannot be opened as a file
+        raise BadSample("not_a_file", f"{path}: {e.strerror}") from None
+    with open(fd, "rb", closefd=True) as f:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise BadSample("missing_file", f"{path}: a folder")
+        if not stat.S_ISREG(mode):
+            raise BadSample("not_a_file", f"{path}: not a regular file (a FIFO, socket or device)")
+        try:
+            data = f.read()
+        except OSError as e:
+            raise BadSample("missing_file", f"{path}: {e.strerror}") from None
     if not data:
         raise BadSample("empty_file", str(path))
     return data
@@ -84,35 +107,44 @@ def fit_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     return max(1, round(w * s)), max(1, round(h * s))
 
 
+def _too_large(name: str, size: tuple[int, int], max_pixels: int) -> BadSample:
+    w, h = size
+    return BadSample("too_large", f"{name}: {w} x {h} = {w * h / 1e6:.1f} Mpx > data.max_image_pixels="
+                                  f"{max_pixels / 1e6:g} Mpx")
+
+
 def decode_image(data: bytes, name: str = "", target: int | None = None,
-                 max_side: int | None = None) -> Image.Image:
-    """Encoded bytes -> RGB PIL image, or :class:`BadSample` (empty_file / corrupt_image).
+                 max_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Encoded bytes -> RGB PIL image, or :class:`BadSample` (empty_file / corrupt_image / too_large).
 
     ``target``: the model's input side; a JPEG is decoded at the smallest DCT scale that keeps both sides
     >= 2 * target. ``max_side``: shrink so the longer side is at most this (DCT scaling first, then a
-    bicubic resize), as when writing shards. ``None`` for both decodes at full size.
+    bicubic resize), as when writing shards. ``None`` for both decodes at full size. ``max_pixels``: larger
+    images are refused from the header alone (PIL's open is lazy), before the decode allocates them.
     """
     if not data:
         raise BadSample("empty_file", name)
+    if Image.MAX_IMAGE_PIXELS != max_pixels:  # per process (spawned workers too): PIL's check agrees with ours
+        Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            final = fit_size(img.size, max_side) if max_side else None
-            if img.format == "JPEG" and (target or final):
-                img.draft("RGB", final or (2 * target, 2 * target))
-            img.load()
-            img = to_rgb(img)
-            if final and img.size != final:
-                img = img.resize(final, Image.Resampling.BICUBIC, reducing_gap=3.0)
+        img = Image.open(io.BytesIO(data))
+        if img.size[0] * img.size[1] > max_pixels:
+            raise _too_large(name, img.size, max_pixels)
+        final = fit_size(img.size, max_side) if max_side else None
+        if img.format == "JPEG" and (target or final):
+            img.draft("RGB", final or (2 * target, 2 * target))
+        img.load()
+        img = to_rgb(img)
+        if final and img.size != final:
+            img = img.resize(final, Image.Resampling.BICUBIC, reducing_gap=3.0)
         return img
     except UnidentifiedImageError:
         raise BadSample("corrupt_image", f"{name}: not a recognised image format") from None
-    except Image.DecompressionBombError as e:
-        raise BadSample("corrupt_image", f"{name}: {e}") from None
+    except Image.DecompressionBombError as e:  # over twice the limit: PIL refuses it in open()
+        raise BadSample("too_large", f"{name}: {e}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated data, bad headers, bad palettes
         raise BadSample("corrupt_image", f"{name}: {e}") from None
 
 
-def load_image(path: str | Path, target: int | None = None) -> Image.Image:
-    return decode_image(read_image_bytes(path), str(path), target)
+def load_image(path: str | Path, target: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    return decode_image(read_image_bytes(path), str(path), target, max_pixels=max_pixels)

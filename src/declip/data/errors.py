@@ -12,9 +12,19 @@ from ..errors import DataError
 #   empty_caption     caption empty or whitespace only
 #   non_latin_caption no Latin letter at all (CJK-only, emoji, digits): unusable for the CLIP BPE + English EDA
 #   bad_line          record unparseable: malformed JSON / CSV row, missing key, wrong type
+#   timeout           not read and decoded within data.sample_timeout_s (a slow or hung file system)
+#   not_a_file        a FIFO, socket or device in place of an image (reading it could block forever)
+#   outside_root      a filename that is absolute or climbs out of the root with '..' (data.allow_outside_root)
+#   too_large         more pixels than data.max_image_pixels, judged from the header before any decoding
+# New reasons go at the end: a checkpoint stores the counts by position (older, shorter ones are padded).
 SKIP_REASONS = (
     "missing_file", "empty_file", "corrupt_image", "empty_caption", "non_latin_caption", "bad_line",
+    "timeout", "not_a_file", "outside_root", "too_large",
 )
+
+
+class DataStallError(DataError):
+    """Reads that never return (a hung network mount): skipping more samples would only pile up stuck threads."""
 
 
 class BadSample(Exception):

@@ -12,6 +12,7 @@ uninterrupted run would have seen; the stream position is just the number of sam
 """
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass, replace
 
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import DataQualityError
 from ..vocab import masked_positions
+from .bounded import call_bounded
 from .device_augment import augment_plan
 from .errors import SKIP_REASONS, BadSample
 from .seeding import epoch_seed, item_seed
@@ -28,7 +30,7 @@ from .text import TextPipeline, TextSpec
 from .views import build_train_views
 
 MAX_ATTEMPTS = 16
-MAX_EXAMPLES = 3
+MAX_EXAMPLES = 5  # "FILE:LINE: reason: detail" strings a batch carries to the trainer's log and stop message
 
 
 @dataclass(frozen=True)
@@ -85,10 +87,14 @@ class ResumableSampler(Sampler):
 class PairDataset(Dataset):
     """Sample ``(epoch, index)`` -> ``images`` (uint8 crops), ``aug_params`` (mocov2), text views, ``index``,
     ``skips``. ``views`` replaces the image stage: a callable PIL image -> dict of tensors, or -> a tensor of
-    finished views (the reference CPU pipeline, :func:`declip.data.views.build_reference_views`)."""
+    finished views (the reference CPU pipeline, :func:`declip.data.views.build_reference_views`).
+    ``sample_timeout_s``: a sample not loaded (read + decoded) in this time is skipped as ``timeout``
+    (:func:`declip.data.bounded.call_bounded`)."""
 
-    def __init__(self, source: Source, spec: DataSpec, image_size: int, seed: int = 0, views=None):
+    def __init__(self, source: Source, spec: DataSpec, image_size: int, seed: int = 0, views=None,
+                 sample_timeout_s: float = 60.0):
         self.source, self.spec, self.seed = source, spec, seed
+        self.sample_timeout_s = sample_timeout_s
         self.views = views if views is not None else build_train_views(
             spec.augment, image_size, spec.n_views, spec.crop_scale, spec.second_view_crop_scale,
             spec.crop_interpolation)
@@ -106,11 +112,13 @@ class PairDataset(Dataset):
         for attempt in range(MAX_ATTEMPTS):
             j = index if attempt == 0 else random.Random(seed + attempt).randrange(n)
             try:
-                image, caption = self.source.load(j)
+                image, caption = call_bounded(functools.partial(self.source.load, j), self.sample_timeout_s,
+                                              functools.partial(self._position, j))
             except BadSample as e:
                 skips[SKIP_REASONS.index(e.reason)] += 1
                 if len(examples) < MAX_EXAMPLES:
-                    examples.append(f"{self.source.key(j)}: {e}")
+                    name = self._position(j) if e.reason == "timeout" else self.source.key(j)
+                    examples.append(f"{name}: {e}")
                 continue
             rng = random.Random(seed + attempt)
             with torch.random.fork_rng(devices=[]):
@@ -126,6 +134,10 @@ class PairDataset(Dataset):
         raise DataQualityError(f"{MAX_ATTEMPTS} consecutive unusable samples around index {index}: {examples}; "
                                "check the data with `declip data check`")
 
+    def _position(self, j: int) -> str:
+        """A timed-out sample's name, from a source's I/O-free ``position`` where its ``key`` reads (shards)."""
+        return getattr(self.source, "position", self.source.key)(j)
+
 
 def collate(samples: list[dict]) -> dict:
     batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0] if k not in ("skips", "skip_examples")}
@@ -138,13 +150,26 @@ def collate(samples: list[dict]) -> dict:
     return batch
 
 
+def worker_timeout_s(sample_timeout_s: float) -> float:
+    """How long the trainer waits for a worker's next batch before calling the worker stalled. Every read is
+    bounded by ``sample_timeout_s`` (a hung one is abandoned, and a hung mount raises in the worker), so a
+    worker silent this long is stuck outside the reads: deadlocked, stopped (SIGSTOP) or swapping to death.
+    Generous, as a batch may legitimately hold a few timed-out samples."""
+    return max(300.0, 10 * sample_timeout_s)
+
+
 def build_train_loader(dataset: PairDataset, batch_size: int, num_workers: int, rank: int, world_size: int,
-                       seed: int, start: int = 0, pin_memory: bool = False) -> DataLoader:
+                       seed: int, start: int = 0, pin_memory: bool = False,
+                       worker_timeout: float | None = None) -> DataLoader:
+    """``worker_timeout``: seconds without a batch from the workers before the loader raises (default
+    :func:`worker_timeout_s` of the dataset's sample timeout); the trainer turns that into one line."""
     sampler = ResumableSampler(len(dataset), seed, rank, world_size, start)
+    if worker_timeout is None:
+        worker_timeout = worker_timeout_s(getattr(dataset, "sample_timeout_s", 60.0))
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,
         drop_last=True, pin_memory=pin_memory, persistent_workers=num_workers > 0,
-        prefetch_factor=4 if num_workers > 0 else None,
+        prefetch_factor=4 if num_workers > 0 else None, timeout=worker_timeout if num_workers > 0 else 0,
     )
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from .decode import check_caption, load_image
+from .bounded import contained
+from .decode import DEFAULT_MAX_PIXELS, check_caption, load_image
 from .offsets import RecordFile, load_or_build, scan_lines
 from ..errors import DataError
 from .errors import BadSample, require_file
@@ -27,9 +28,10 @@ class ManifestSource(ReopenAfterPickle):
     _transient = ("starts", "file")
 
     def __init__(self, path: str | Path, root: str | Path, image_size: int | None = None,
-                 index_dir: str | None = None):
+                 index_dir: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 allow_outside_root: bool = False):
         self.path, self.root, self.image_size = Path(path), Path(root), image_size
-        self.index_dir = index_dir
+        self.index_dir, self.max_pixels, self.allow_outside_root = index_dir, max_pixels, allow_outside_root
         require_file(self.path, "manifest")
         self._open()
         if len(self) == 0:
@@ -77,9 +79,10 @@ class ManifestSource(ReopenAfterPickle):
         rec["caption"] = check_caption(caption, where)
         return rec
 
-    def image_path(self, rec: dict) -> Path:
-        return self.root / rec["filename"]
+    def image_path(self, rec: dict, index: int) -> Path:
+        """The image of record ``rec`` (line ``index + 1``), or :class:`BadSample` ``outside_root``."""
+        return contained(self.root, rec["filename"], self.allow_outside_root, f"{self.path}:{index + 1}")
 
     def load(self, index: int) -> tuple[Image.Image, str]:
         rec = self.record(index)
-        return load_image(self.image_path(rec), self.image_size), rec["caption"]
+        return load_image(self.image_path(rec, index), self.image_size, self.max_pixels), rec["caption"]

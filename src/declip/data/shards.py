@@ -25,7 +25,7 @@ import numpy as np
 from braceexpand import braceexpand
 from PIL import Image
 
-from .decode import check_caption, decode_image
+from .decode import DEFAULT_MAX_PIXELS, check_caption, decode_image
 from .offsets import RecordFile, load_or_build
 from ..errors import DataError
 from .errors import BadSample
@@ -89,8 +89,9 @@ class ShardSource(ReopenAfterPickle):
     _transient = ("first", "base", "starts", "files")
 
     def __init__(self, pattern: str, image_size: int | None = None, index_dir: str | None = None,
-                 index_threads: int = 8):
+                 index_threads: int = 8, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.pattern, self.image_size, self.index_dir = pattern, image_size, index_dir
+        self.max_pixels = max_pixels
         self.shards = expand_shards(pattern)
         self.index_threads = index_threads
         self._open()
@@ -130,6 +131,11 @@ class ShardSource(ReopenAfterPickle):
                     files[ext] = tf.extractfile(m).read()
         return key or "", files
 
+    def position(self, index: int) -> str:
+        """Where sample ``index`` is without reading the shard (a timed-out read may hang on it again)."""
+        k, j = self.locate(index)
+        return f"{self.shards[k].name}: sample {j + 1}"
+
     def key(self, index: int) -> str:
         k, _ = self.locate(index)
         return f"{self.shards[k].name}:{self.members(index)[0]}"
@@ -161,4 +167,4 @@ class ShardSource(ReopenAfterPickle):
         ext = next((e for e in IMAGE_EXTS if e in files), None)
         if ext is None:
             raise BadSample("missing_file", f"{where}: no image member (members: {sorted(files)})")
-        return decode_image(files[ext], f"{where}.{ext}", self.image_size), caption
+        return decode_image(files[ext], f"{where}.{ext}", self.image_size, max_pixels=self.max_pixels), caption

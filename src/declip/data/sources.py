@@ -28,14 +28,16 @@ def build_source(cfg: DataConfig, image_size: int | None = None):
     if cfg.source == "manifest":
         from .manifest import ManifestSource
 
-        return ManifestSource(cfg.path, cfg.root, image_size, index_dir)
+        return ManifestSource(cfg.path, cfg.root, image_size, index_dir, cfg.max_image_pixels,
+                              cfg.allow_outside_root)
     if cfg.source == "csv":
         from .csv_source import CsvSource
 
         sep = "\t" if cfg.csv_separator == "\\t" else cfg.csv_separator
-        return CsvSource(cfg.path, cfg.root, cfg.csv_image_key, cfg.csv_caption_key, sep, image_size, index_dir)
+        return CsvSource(cfg.path, cfg.root, cfg.csv_image_key, cfg.csv_caption_key, sep, image_size, index_dir,
+                         cfg.max_image_pixels, cfg.allow_outside_root)
     if cfg.source == "webdataset":
         from .shards import ShardSource
 
-        return ShardSource(cfg.path, image_size, index_dir)
+        return ShardSource(cfg.path, image_size, index_dir, max_pixels=cfg.max_image_pixels)
     raise ValueError(f"data.source={cfg.source!r}")  # unreachable: the config's Literal type admits no other

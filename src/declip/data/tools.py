@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
+from .bounded import call_bounded
+from .decode import DEFAULT_MAX_PIXELS
 from .errors import SKIP_REASONS, BadSample
 
 CONTEXT_TOKENS = 75  # 77 minus SOT and EOT: longer captions are truncated by the tokenizer
@@ -50,20 +52,25 @@ def _is_long(caption: str) -> bool:
 
 
 def check_manifest(path: str, root: str, threads: int = 8, max_examples: int = 5, image_size: int = 224,
-                   progress: bool = True, out: TextIO | None = None) -> dict:
-    """Parse every line, check its caption, and decode its image as training would. Prints a report and
-    returns ``{"lines", "ok", "problems": {reason: count}, "examples": {reason: [...]}, "long_captions"}``."""
-    from .decode import load_image
+                   progress: bool = True, out: TextIO | None = None, timeout_s: float = 60.0,
+                   max_pixels: int = DEFAULT_MAX_PIXELS, allow_outside_root: bool = False) -> dict:
+    """Parse every line, check its caption, and decode its image as training would (the same path
+    containment, size limit and per-sample timeout). Prints a report and returns ``{"lines", "ok",
+    "problems": {reason: count}, "examples": {reason: [...]}, "long_captions"}``."""
+    from ..errors import DataError
     from .manifest import ManifestSource
 
     out = out or sys.stdout
     t0 = time.perf_counter()
-    src = ManifestSource(path, root, image_size)
+    if not Path(root).is_dir():  # else every line would be reported as a missing file
+        raise DataError(f"--root {root} " + ("is not a folder" if Path(root).exists() else "does not exist") +
+                        ": pass the folder the manifest's filenames are relative to")
+    src = ManifestSource(path, root, image_size, max_pixels=max_pixels, allow_outside_root=allow_outside_root)
 
     def one(i: int):
         try:
             rec = src.record(i)
-            load_image(src.image_path(rec), image_size)
+            call_bounded(lambda: src.load(i), timeout_s, f"{src.path}:{i + 1}")
             return None, _is_long(rec["caption"])
         except BadSample as e:
             return (e.reason, _where(src, i, e.detail)), False
@@ -103,8 +110,9 @@ def shard_sample(src, i: int, max_side: int, quality: int) -> tuple[dict | None,
 
     try:
         rec = src.record(i)
-        data = read_image_bytes(src.image_path(rec))
-        img = decode_image(data, str(src.image_path(rec)), max_side=max_side)
+        path = src.image_path(rec, i)
+        data = read_image_bytes(path)
+        img = decode_image(data, str(path), max_side=max_side, max_pixels=src.max_pixels)
     except BadSample as e:
         return None, (e.reason, _where(src, i, e.detail))
     with Image.open(io.BytesIO(data)) as probe:  # decodable: checked above

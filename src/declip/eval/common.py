@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.decode import load_image
+from ..data.bounded import call_bounded, contained
+from ..data.decode import DEFAULT_MAX_PIXELS, load_image
 from ..data.device_augment import normalize_on_device
 from ..data.errors import BadSample
 from ..data.tokenizer import tokenize
@@ -81,16 +82,25 @@ def check_root(root: str | Path, what: str) -> Path:
 
 class FileImages:
     """Picklable ``load(i)`` over image files (DataLoader workers get a copy): the training decoder, JPEGs
-    decoded at reduced scale when more than twice the model input (the centre crop still has full detail)."""
+    decoded at reduced scale when more than twice the model input (the centre crop still has full detail).
 
-    def __init__(self, root: str | Path, names: list[str], image_size: int):
+    ``data`` (the run's ``DataConfig``) applies training's limits to evaluation images too: names stay inside
+    the root (``outside_root``), huge images are refused from their header (``too_large``) and a read that
+    hangs is given up after ``data.sample_timeout_s`` (``timeout``). ``where`` names the manifest in skips."""
+
+    def __init__(self, root: str | Path, names: list[str], image_size: int, data=None, where: str = ""):
         self.root, self.names, self.image_size = Path(root), list(names), image_size
+        self.where = where or str(root)
+        self.max_pixels = data.max_image_pixels if data is not None else DEFAULT_MAX_PIXELS
+        self.allow_outside = data.allow_outside_root if data is not None else False
+        self.timeout_s = data.sample_timeout_s if data is not None else 60.0
 
     def __len__(self) -> int:
         return len(self.names)
 
     def __call__(self, i: int):
-        return load_image(self.root / self.names[i], self.image_size)
+        path = contained(self.root, self.names[i], self.allow_outside, self.where)
+        return call_bounded(lambda: load_image(path, self.image_size, self.max_pixels), self.timeout_s, str(path))
 
 
 class EvalImages(Dataset):

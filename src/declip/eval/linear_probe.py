@@ -130,7 +130,8 @@ def probe_manifest(clip, cfg: Config, device) -> dict[str, float]:
         if not recs:
             raise EvalDataError(f"{man.path}: no usable line ({len(man.bad)} bad, e.g. {man.bad[:1]})")
         folder = check_root(root, str(man.path))
-        images = EvalImages(FileImages(folder, [r["filename"] for r in recs], size), len(recs), eval_transform_uint8(size))
+        images = EvalImages(FileImages(folder, [r["filename"] for r in recs], size, cfg.data, str(man.path)),
+                        len(recs), eval_transform_uint8(size))
         sets.append((images, [r["label"] for r in recs]))
         bad += len(man.bad)
     res = _probe(clip, cfg, device, sets[0], sets[1], "linear probe")

@@ -92,7 +92,8 @@ def retrieval_manifest(clip, cfg: Config, device) -> dict[str, float]:
         raise EvalDataError(f"{man.path}: no image with a usable caption ({len(man.bad)} bad lines, "
                             f"skipped captions {skipped})")
     size = cfg.model.vision.image_size
-    images = EvalImages(FileImages(root, names, size), len(names), eval_transform_uint8(size))
+    images = EvalImages(FileImages(root, names, size, cfg.data, str(man.path)),
+                        len(names), eval_transform_uint8(size))
     res = retrieve(clip, images, captions, device, ev.batch_size, ev.num_workers,
                    cfg.model.text.context_length, str(man.path))
     res.update(bad_lines=len(man.bad), skipped_captions=sum(skipped.values()))

@@ -171,7 +171,8 @@ def zeroshot_manifest(clip, cfg: Config, device) -> tuple[str, dict[str, float]]
     recs = man.records[: ev.max_images] if ev.max_images else man.records
     labels = [columns[r["label"]] if columns else r["label"] for r in recs]
     size = cfg.model.vision.image_size
-    images = EvalImages(FileImages(root, [r["filename"] for r in recs], size), len(recs), eval_transform_uint8(size))
+    images = EvalImages(FileImages(root, [r["filename"] for r in recs], size, cfg.data, str(man.path)),
+                        len(recs), eval_transform_uint8(size))
     res = classify(clip, images, labels, names, templates, device, ev.batch_size,
                    ev.num_workers, cfg.model.text.context_length, str(man.path))
     res["bad_lines"] = len(man.bad)

@@ -1,7 +1,9 @@
 """The run's health checks, each a small object testable without building a trainer.
 
 - :class:`SkipRateGuard`: the data is allowed a share of unusable samples (``data.max_skip_rate``); past it
-  the run stops with the per-reason counts and examples, instead of quietly training on what is left.
+  the run stops with the per-reason counts and the first ``file:line: reason`` examples, instead of quietly
+  training on what is left. The first few skips of each reason are logged as they occur (then only counted),
+  so a long run names its bad files without flooding the log.
 - :class:`NonFiniteGuard`: a step whose loss or gradients hold NaN or inf is skipped (or stops the run with
   ``train.nonfinite=stop``); so many skips in a row that the run cannot be recovering
   (``train.max_nonfinite_skips``), or a non-finite value that reached a buffer (BatchNorm statistics, the NN
@@ -12,6 +14,8 @@
 """
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -23,12 +27,24 @@ from ..errors import DataQualityError, NonFiniteError
 
 MIN_SEEN = 200  # the skip rate is judged only once this many samples were drawn (a few bad files early on
 # would otherwise stop a healthy run)
+STOP_EXAMPLES = 5  # examples the stop message names
+LOGGED_PER_REASON = 3  # skips of each reason logged as they occur; later ones are only counted
+log = logging.getLogger("declip")
+
+
+def reason_of(example: str) -> str:
+    """The skip reason in a loader example ``"FILE:LINE: reason: detail"``."""
+    return next((r for r in SKIP_REASONS if f": {r}: " in f": {example}"), "unknown")
 
 
 class SkipRateGuard:
     def __init__(self, max_rate: float, counts: torch.Tensor | None = None):
         self.max_rate = max_rate
-        self.counts = torch.zeros(len(SKIP_REASONS), dtype=torch.long) if counts is None else counts.cpu()
+        self.counts = torch.zeros(len(SKIP_REASONS), dtype=torch.long)
+        if counts is not None:  # a checkpoint written before later reasons were added holds fewer counts
+            self.counts[: len(counts)] = counts.cpu()
+        self.examples: list[str] = []  # the first examples of this process's run, for the stop message
+        self.logged: Counter = Counter()
 
     @property
     def total(self) -> int:
@@ -38,15 +54,30 @@ class SkipRateGuard:
         return {r: int(c) for r, c in zip(SKIP_REASONS, self.counts) if c or not nonzero}
 
     def add(self, skips: torch.Tensor, consumed: int, examples: Iterable[str] = ()) -> None:
-        """Count a batch's skips; raise once more than ``max_rate`` of all drawn samples were unusable."""
+        """Count a batch's skips (and note its examples); raise once more than ``max_rate`` of all drawn
+        samples were unusable."""
         self.counts += skips.cpu()
+        for example in examples:
+            self.note(example)
         bad = self.total
         seen = bad + consumed
         if seen >= MIN_SEEN and bad / seen > self.max_rate:
+            shown = "; ".join(e.replace("\n", " ") for e in self.examples) or "none recorded"
             raise DataQualityError(
                 f"{bad} of {seen} samples unusable ({100 * bad / seen:.1f}% > data.max_skip_rate="
-                f"{100 * self.max_rate:.1f}%): {self.by_reason()}; e.g. {list(examples)}; check the data with "
+                f"{100 * self.max_rate:.1f}%): {self.by_reason()}; e.g. {shown}; check the data with "
                 "`declip data check`")
+
+    def note(self, example: str) -> None:
+        """Keep the first :data:`STOP_EXAMPLES` examples; log the first :data:`LOGGED_PER_REASON` of each reason."""
+        if len(self.examples) < STOP_EXAMPLES:
+            self.examples.append(example)
+        reason = reason_of(example)
+        if self.logged[reason] < LOGGED_PER_REASON:
+            self.logged[reason] += 1
+            last = self.logged[reason] == LOGGED_PER_REASON
+            log.warning("skipped sample %s%s", example,
+                        f" (further {reason} skips are counted, not logged)" if last else "")
 
 
 def nonfinite_buffers(module: nn.Module) -> list[str]:

@@ -22,7 +22,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from .. import distributed as dist
 from ..config import Config, dump_config
 from ..data.device_augment import build_device_stage
-from ..data.loader import DevicePrefetcher, PairDataset, build_train_loader
+from ..data.errors import DataStallError
+from ..data.loader import DevicePrefetcher, PairDataset, build_train_loader, worker_timeout_s
 from ..data.sources import build_source
 from ..device import resolve_device
 from ..errors import CheckpointError
@@ -89,7 +90,8 @@ class Trainer:
             self._restore(path, state, changes)
 
         spec = self.method.data_spec(cfg).with_user_crops(cfg.data)  # the user's crop ranges and resize, where set
-        dataset = PairDataset(source, spec, cfg.model.vision.image_size, tr.seed)
+        dataset = PairDataset(source, spec, cfg.model.vision.image_size, tr.seed,
+                              sample_timeout_s=cfg.data.sample_timeout_s)
         self.device_stage = build_device_stage(spec, cfg.model.vision.image_size)  # uint8 crops -> augmented,
         # normalised views, batched on the training device (the workers only decode and crop)
         self.loader = build_train_loader(
@@ -211,7 +213,12 @@ class Trainer:
             while self.step < tr.steps:
                 lr = lr_at(self.step, self.cfg.optim, tr.steps) * self.lr_scale
                 set_lr(self.optimizer, lr)
-                updated = self._train_step(batches)
+                consumed = self.consumed
+                try:
+                    updated = self._train_step(batches)
+                except DataStallError:
+                    self._save_before_stall_exit(consumed)
+                    raise
                 self.step += 1
                 if updated is None:  # decided on the device: read only at a step where the host acts on it
                     updated = self._settle() if self._host_acts() else True
@@ -237,7 +244,15 @@ class Trainer:
             self._rng_to_restore = None
         while True:
             t0 = time.perf_counter()
-            batch = next(it)
+            try:
+                batch = next(it)
+            except RuntimeError as e:  # torch's DataLoader(timeout=...): no batch from the workers in time
+                if "DataLoader timed out" not in str(e):
+                    raise
+                raise DataStallError(
+                    f"no batch from the data-loader workers in {worker_timeout_s(self.cfg.data.sample_timeout_s):g} "
+                    f"s (every read is bounded by data.sample_timeout_s={self.cfg.data.sample_timeout_s:g}): a "
+                    "worker stopped making progress; check the data's file system, then --resume latest") from None
             self.clock.wait += time.perf_counter() - t0
             self.consumed += self.cfg.train.batch_size  # per micro-batch: counts what the stream handed out
             self.skips.add(batch["skips"], self.consumed, batch["skip_examples"])
@@ -359,6 +374,18 @@ class Trainer:
             log.warning("stopped by signal %d at step %d; resume with --resume latest", self._stop_signal,
                         self.step)
         return stop
+
+    def _save_before_stall_exit(self, consumed: int) -> None:
+        """The data stalled (see :class:`DataStallError`) after a preemption signal asked for a checkpoint: save
+        the state at the start of the unfinished step (its micro-batches are given back to the stream), so the
+        preempted job still leaves a checkpoint. One process only: other ranks would not reach save's barriers."""
+        if self._stop_signal is None or self.info.world_size > 1:
+            return
+        self.consumed = consumed
+        self.optimizer.zero_grad(set_to_none=True)
+        self.save()
+        log.warning("signal %d: saved a checkpoint at step %d before stopping on stalled data", self._stop_signal,
+                    self.step)
 
     def _progress_bar(self):
         """A progress bar only for a person watching: on a terminal, never into a log file or a pipe."""
