@@ -13,7 +13,7 @@ def cmd_check(args) -> int:
 
     try:
         report = check_manifest(args.manifest, args.root, args.threads, args.examples, args.image_size,
-                                progress=not args.no_progress)
+                                progress=not args.no_progress, classnames=args.classnames)
     except (OSError, DataError) as e:  # no manifest to check (missing, a folder, empty): 2, not 1
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -38,15 +38,19 @@ def add_data_parser(sub) -> None:
     dsub = d.add_subparsers(dest="data_command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("manifest", help="JSON-lines manifest (filename, caption, ...)")
+        p.add_argument("manifest", help="JSON-lines manifest: captions (filename, caption) or, for check, "
+                       "labelled (filename, label, label_name)")
         p.add_argument("--root", required=True, help="folder the manifest's filenames are relative to")
         p.add_argument("--threads", type=int, default=8, help="decoding threads (default 8)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar (off anyway when not a terminal)")
 
-    c = dsub.add_parser("check", help="validate every line; exit status 1 if any is unusable")
+    c = dsub.add_parser("check", help="validate every line of a caption or labelled manifest (the kind is "
+                        "told from the file); exit status 1 if any is unusable")
     common(c)
     c.add_argument("--examples", type=int, default=5, help="examples shown per problem")
     c.add_argument("--image-size", type=int, default=224, help="model input side (decode as training does)")
+    c.add_argument("--classnames", default=None, help="labelled manifest: class-name file (line i names label "
+                   "i); labels must then be below its line count")
     c.set_defaults(func=cmd_check)
 
     s = dsub.add_parser("shard", help="write webdataset shards: key.jpg + key.txt + key.json")

@@ -50,11 +50,16 @@ def _is_long(caption: str) -> bool:
 
 
 def check_manifest(path: str, root: str, threads: int = 8, max_examples: int = 5, image_size: int = 224,
-                   progress: bool = True, out: TextIO | None = None) -> dict:
+                   progress: bool = True, out: TextIO | None = None, classnames: str | None = None) -> dict:
     """Parse every line, check its caption, and decode its image as training would. Prints a report and
-    returns ``{"lines", "ok", "problems": {reason: count}, "examples": {reason: [...]}, "long_captions"}``."""
+    returns ``{"lines", "ok", "problems": {reason: count}, "examples": {reason: [...]}, "long_captions"}``.
+    A labelled manifest (``filename``, ``label``) is checked as one instead (:mod:`declip.data.labelled`)."""
     from .decode import load_image
+    from .labelled import LABELLED, check_labelled, manifest_kind
     from .manifest import ManifestSource
+
+    if Path(path).is_file() and manifest_kind(path) == LABELLED:
+        return check_labelled(path, root, threads, max_examples, image_size, progress, out, classnames)
 
     out = out or sys.stdout
     t0 = time.perf_counter()

@@ -81,16 +81,27 @@ def check_root(root: str | Path, what: str) -> Path:
 
 class FileImages:
     """Picklable ``load(i)`` over image files (DataLoader workers get a copy): the training decoder, JPEGs
-    decoded at reduced scale when more than twice the model input (the centre crop still has full detail)."""
+    decoded at reduced scale when more than twice the model input (the centre crop still has full detail).
+    ``draft=False`` decodes every JPEG at full size, as CLIP_benchmark and open_clip do: the same file then
+    gives the same pixels there and here (``eval.jpeg_draft=false``)."""
 
-    def __init__(self, root: str | Path, names: list[str], image_size: int):
-        self.root, self.names, self.image_size = Path(root), list(names), image_size
+    def __init__(self, root: str | Path, names: list[str], image_size: int, draft: bool = True):
+        self.root, self.names, self.image_size, self.draft = Path(root), list(names), image_size, draft
 
     def __len__(self) -> int:
         return len(self.names)
 
     def __call__(self, i: int):
-        return load_image(self.root / self.names[i], self.image_size)
+        return load_image(self.root / self.names[i], self.image_size if self.draft else None)
+
+
+def file_images(root: str | Path, names: list[str], cfg) -> EvalImages:
+    """The eval dataset over image files as ``cfg`` says: model input side, ``eval.jpeg_draft``, the eval
+    transform. One place for the three file-based tasks, so they decode alike."""
+    from ..data.views import eval_transform_uint8
+
+    size = cfg.model.vision.image_size
+    return EvalImages(FileImages(root, names, size, cfg.eval.jpeg_draft), len(names), eval_transform_uint8(size))
 
 
 class EvalImages(Dataset):
