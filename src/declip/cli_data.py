@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .errors import DataError
 
@@ -32,9 +33,41 @@ def cmd_shard(args) -> int:
     return 0 if stats["samples"] else 1
 
 
+def cmd_to_wds(args) -> int:
+    from .config import Config, ConfigError, config_from_dict
+    from .data.labelled import manifest_kind
+    from .eval.common import EvalDataError
+    from .eval.to_wds import captions_to_wds, clip_benchmark_command, labelled_to_wds
+
+    flags = {"classnames": args.classnames, "templates": args.templates, "val_kind": args.val_kind,
+             "max_images": args.max_images}
+    given = {k: v for k, v in flags.items() if v is not None}
+    tree = Config().to_dict()
+    tree["eval"].update(given)
+    try:
+        cfg = config_from_dict(tree, {f"eval.{k}": f"command line (--{k.replace('_', '-')})" for k in given})
+        if not Path(args.manifest).is_file():
+            raise EvalDataError(f"manifest not found: {args.manifest}")
+        kind = manifest_kind(args.manifest) if args.kind == "auto" else args.kind
+        convert = labelled_to_wds if kind == "labelled" else captions_to_wds
+        stats = convert(cfg, args.manifest, args.root, args.out)
+    except (ConfigError, EvalDataError, OSError) as e:
+        print(f"{'config error' if isinstance(e, ConfigError) else 'error'}: {e}", file=sys.stderr)
+        return 2
+    what = f"{stats['classes']} classes, {stats['templates']} templates" if kind == "labelled" else "retrieval"
+    print(f"wrote {stats['samples']} {kind} samples ({what}) to {stats['out']} in CLIP_benchmark's wds layout")
+    lost = stats["bad_lines"] + sum(stats["unreadable"].values())
+    if lost:
+        print(f"skipped: {stats['bad_lines']} bad lines, unreadable images {stats['unreadable']}; e.g. "
+              f"{stats['examples'][0]}")
+    print("evaluate an exported model (declip export CKPT EXPORT_DIR; give EXPORT_DIR as an absolute path):\n  "
+          + clip_benchmark_command(args.out, kind))
+    return 0
+
+
 def add_data_parser(sub) -> None:
-    """Register ``declip data check|shard`` on the top-level sub-parsers."""
-    d = sub.add_parser("data", help="check a manifest, or convert it to webdataset shards")
+    """Register ``declip data check|shard|to-wds`` on the top-level sub-parsers."""
+    d = sub.add_parser("data", help="check a manifest; write it as training shards or as a CLIP_benchmark set")
     dsub = d.add_subparsers(dest="data_command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -60,3 +93,18 @@ def add_data_parser(sub) -> None:
     s.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     s.add_argument("--quality", type=int, default=95, help="JPEG quality of re-encoded images")
     s.set_defaults(func=cmd_shard)
+
+    w = dsub.add_parser("to-wds", help="write a labelled or caption manifest as a CLIP_benchmark data set "
+                        "(its local webdataset layout: --dataset wds/NAME --dataset_root OUT)")
+    w.add_argument("manifest", help="labelled (filename, label, label_name) or caption (filename, caption) "
+                   "JSON lines")
+    w.add_argument("--root", required=True, help="folder the manifest's filenames are relative to")
+    w.add_argument("--out", required=True, help="output folder (test/N.tar, classnames.txt, templates, ...)")
+    w.add_argument("--kind", choices=("auto", "labelled", "captions"), default="auto",
+                   help="auto: labelled when lines have 'label' and no 'caption'")
+    w.add_argument("--classnames", default=None, help="as declip eval --classnames (default: label_name)")
+    w.add_argument("--templates", default=None, help="as declip eval --templates (default openai-imagenet-80)")
+    w.add_argument("--val-kind", default=None, choices=("auto", "imagenet", "generic"),
+                   help="as declip eval --val-kind")
+    w.add_argument("--max-images", type=int, default=None, help="cap, as declip eval --max-images")
+    w.set_defaults(func=cmd_to_wds)
