@@ -86,7 +86,7 @@ def add_data_parser(sub) -> None:
                    "i); labels must then be below its line count")
     c.set_defaults(func=cmd_check)
 
-    s = dsub.add_parser("shard", help="write webdataset shards: key.jpg + key.txt + key.json")
+    s = dsub.add_parser("shard", help="write training webdataset shards: key.jpg + key.txt + key.json")
     common(s)
     s.add_argument("--out", required=True, help="output folder for 00000.tar, 00001.tar, ...")
     s.add_argument("--max-side", type=int, default=256, help="shrink so the longer side is at most this")

@@ -27,7 +27,8 @@ def _ordered(fn: Callable, n: int, threads: int, progress: bool, desc: str) -> I
     from tqdm import tqdm
 
     chunk = max(64, 64 * threads)
-    bar = tqdm(total=n, desc=desc, disable=not (progress and sys.stderr.isatty()), dynamic_ncols=True, mininterval=1, file=sys.stderr)
+    bar = tqdm(total=n, desc=desc, disable=not (progress and sys.stderr.isatty()), dynamic_ncols=True, mininterval=1, file=sys.stderr,
+               leave=False)  # cleared on close: the report below is what stays
     with ThreadPoolExecutor(max(1, threads)) as pool:
         for lo in range(0, n, chunk):
             for r in pool.map(fn, range(lo, min(n, lo + chunk))):
