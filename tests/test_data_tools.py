@@ -93,3 +93,28 @@ def test_shard_copies_fitting_jpegs_unchanged(tmp_path):
         else:  # the PNG is re-encoded as JPEG
             assert files["jpg"] != data and Image.open(io.BytesIO(files["jpg"])).format == "JPEG"
         assert shards.load(i)[1] == manifest.load(i)[1] == cap.strip()
+
+
+def test_check_recognises_a_labelled_manifest_and_checks_labels_and_names(tmp_path, capsys):
+    """A labelled manifest (filename, label, label_name) is checked as one, not rejected for 'caption'."""
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i in range(6):
+        Image.new("RGB", (40, 40), (40 * i, 0, 0)).save(tmp_path / "img" / f"{i}.png")
+        rows.append({"filename": f"{i}.png", "label": i % 3, "label_name": ["cat", "dog", "fox"][i % 3]})
+    good = tmp_path / "val.jsonl"
+    good.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["data", "check", str(good), "--root", str(tmp_path / "img"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "labelled manifest" in out and "ok: 6" in out and "classes: 3" in out and "caption" not in out
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(good.read_text() + "".join(json.dumps(r) + "\n" for r in (
+        {"filename": "0.png", "label": "cat"}, {"filename": "1.png", "label": 1, "label_name": "wolf"})))
+    report = check_manifest(str(bad), str(tmp_path / "img"), progress=False)
+    assert report["problems"] == {"bad_line": 1, "label_name_conflict": 1} and report["classes"] == 3
+    assert report["examples"]["bad_line"] == [f"{bad}:7: 'label' must be a non-negative integer, got 'cat'"]
+    (tmp_path / "names.txt").write_text("cat\ndog\n")  # 2 classes: label 2 is out of range
+    report = check_manifest(str(good), str(tmp_path / "img"), progress=False, classnames=str(tmp_path / "names.txt"))
+    assert report["problems"] == {"bad_line": 2} and report["classes"] == 2
+    assert "label 2 outside [0, 2)" in report["examples"]["bad_line"][0]

@@ -117,3 +117,36 @@ def test_training_evaluates_every_task_and_keeps_best_by_the_chosen_metric(tiny_
     best = max(evals, key=lambda r: r["builtin-retrieval/mean_recall"])
     assert state["best"] == pytest.approx(best["builtin-retrieval/mean_recall"])
     assert summary["eval"]["builtin-probe/images"] == 10
+
+
+def test_help_says_what_every_command_does(capsys):
+    from declip.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        cli_main(["-h"])
+    text = capsys.readouterr().out
+    eval_line = next(line for line in text.splitlines() if line.strip().startswith("declip eval"))
+    assert "zero-shot" in eval_line and "retrieval" in eval_line and "linear probe" in eval_line
+    assert "declip data check|shard|to-wds" in text
+    subs = build_parser()._subparsers._group_actions[0]
+    helps = {a.dest: a.help for a in subs._choices_actions}
+    assert set(helps) == {"train", "eval", "export", "plot", "data"}
+    assert "evaluate" in helps["train"] and "retrieval" in helps["eval"] and "CLIP_benchmark" in helps["data"]
+
+
+def test_eval_jpeg_draft_false_decodes_large_jpegs_at_full_size(tiny_cfg, tmp_path):
+    """eval.jpeg_draft (default true: reduced DCT scale, as training); false: exactly PIL's full-size decode,
+    as CLIP_benchmark sees the file."""
+    import numpy as np
+    from PIL import Image
+
+    from declip.eval.common import file_images
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (160, 200, 3), dtype=np.uint8)).save(tmp_path / "a.jpg", quality=90)
+    draft = file_images(tmp_path, ["a.jpg"], tiny_cfg())  # image_size 32: a 200 px JPEG is over 2x
+    exact = file_images(tmp_path, ["a.jpg"], tiny_cfg("eval.jpeg_draft=false"))
+    assert draft.load(0).size == (100, 80)
+    with Image.open(tmp_path / "a.jpg") as full:
+        assert np.array_equal(np.asarray(exact.load(0)), np.asarray(full.convert("RGB")))
+    assert not torch.equal(draft[0][0], exact[0][0])  # and the crops the model sees differ

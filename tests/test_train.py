@@ -84,6 +84,12 @@ def test_cli_train_then_eval_reproduces_accuracy(tmp_path, capsys):
     assert cli_main(args) == 0
     printed = capsys.readouterr().out
     assert "zero-shot top-1" in printed and "checkpoint:" in printed
+    # the closing block: last zero-shot, best, checkpoint, then the literal commands to run next
+    lines = printed.splitlines()
+    block = lines[next(i for i, line in enumerate(lines) if line.startswith("== run finished at step 3/3")):]
+    assert [line.split()[0] for line in block] == ["==", "last", "best", "checkpoint:", "next:", "declip", "declip"]
+    assert block[-2:] == [f"  declip eval --checkpoint {out / 'best.pt'} --brief",
+                          f"  declip export {out / 'best.pt'} {out / 'export'}"]
     ckpt = printed.split("checkpoint:")[1].split()[0]
     train_top1 = float(printed.split("held-out images): ")[1].split("%")[0])
     assert cli_main(["eval", "--checkpoint", ckpt]) == 0

@@ -3,10 +3,11 @@ nearest-neighbour supervision).
 
   declip train                      DeCLIP on the built-in data (a few minutes on a CPU): zero-shot + checkpoint
   declip train --config C.yaml k=v  any recipe (configs/), any key overridden on the command line
-  declip eval --checkpoint CKPT     zero-shot evaluation of a checkpoint
-  declip export CKPT DIR            the towers as an open_clip 'local-dir:' model
-  declip data check|shard           validate a manifest / write webdataset shards
-  declip plot RUN_DIR               training curves as a PNG
+  declip eval --checkpoint CKPT     evaluate a checkpoint: zero-shot, retrieval, linear probe (built-in or own sets)
+  declip export CKPT DIR            the towers as an open_clip 'local-dir:' model (open_clip, CLIP_benchmark)
+  declip data check|shard|to-wds    validate a caption or labelled manifest / write training shards / write it
+                                    as a CLIP_benchmark data set
+  declip plot RUN_DIR               training curves (loss, lr, zero-shot) of a run as a PNG
 
 Every expected failure prints one line and exits non-zero (1; 2 for a config error); --debug shows the
 traceback.
@@ -17,6 +18,7 @@ import argparse
 import errno
 import logging
 import sys
+from pathlib import Path
 
 from . import __version__
 from .config import ConfigError, load_config
@@ -31,15 +33,36 @@ def cmd_train(args) -> int:
 
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite,
                     allow_config_change=args.allow_config_change)
-    ev = summary.get("eval", {})
-    if "builtin/top1" in ev:
-        print(f"zero-shot top-1 (built-in shapes, {ev['builtin/images']} held-out images): "
-              f"{ev['builtin/top1']:.1f}% (chance {ev['builtin/chance']:.1f}%), top-5 {ev['builtin/top5']:.1f}%")
-    if "imagenet/top1" in ev:
-        print(f"zero-shot ImageNet top-1: {ev['imagenet/top1']:.2f}%  top-5: {ev['imagenet/top5']:.2f}%")
-    if summary.get("checkpoint"):
-        print(f"checkpoint: {summary['checkpoint']}")
+    text = closing_summary(summary, cfg)
+    if text:  # rank 0 only: the other ranks have no results and no checkpoint
+        print(text)
     return 0
+
+
+ZEROSHOT_SETS = {"builtin": "built-in shapes", "val": "eval.val_manifest", "imagenet": "ImageNet"}
+
+
+def closing_summary(summary: dict, cfg) -> str:
+    """The block ``declip train`` ends with: last and best zero-shot, where the checkpoints are, and the
+    commands to run next. One block after the log, so the number and the file it belongs to are read together."""
+    ev, best, ckpt = summary.get("eval", {}), summary.get("best"), summary.get("checkpoint")
+    if not (ev or best or ckpt):
+        return ""
+    lines = [f"== run finished at step {summary.get('step')}/{cfg.train.steps}: {cfg.train.output_dir} =="]
+    for prefix, what in ZEROSHOT_SETS.items():
+        if f"{prefix}/top1" in ev:
+            lines.append(f"last zero-shot top-1 ({what}, {ev[f'{prefix}/images']} held-out images): "
+                         f"{ev[f'{prefix}/top1']:.1f}% (chance {ev[f'{prefix}/chance']:.1f}%), "
+                         f"top-5 {ev[f'{prefix}/top5']:.1f}%")
+    if best:
+        lines.append(f"best {best['metric']}: {best['value']:.2f} at step {best['step']} -> {best['path']}")
+    if ckpt:
+        lines.append(f"checkpoint: {ckpt}")
+    use = best["path"] if best else ckpt
+    if use:
+        export = Path(cfg.train.output_dir) / "export"
+        lines += ["next:", f"  declip eval --checkpoint {use} --brief", f"  declip export {use} {export}"]
+    return "\n".join(lines)
 
 
 def cmd_eval(args) -> int:
@@ -70,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train (no --config: DeCLIP on the built-in data)")
+    t = sub.add_parser("train", help="pre-train a model, then evaluate it and save a checkpoint (no --config: "
+                       "DeCLIP on the built-in data)")
     t.add_argument("--config", default=None, help="YAML config file (default: the built-in demo; with "
                    "data.source=... on the command line, the general defaults for your own data)")
     t.add_argument("--resume", default=None, metavar="latest|latest-or-new|best|PATH",
@@ -94,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("out_dir", help="folder for open_clip_config.json + open_clip_model.safetensors")
     x.set_defaults(func=cmd_export)
 
-    pl = sub.add_parser("plot", help="training curves of a run as a PNG")
+    pl = sub.add_parser("plot", help="training curves of a run (loss, lr, evaluations) as a PNG")
     pl.add_argument("run_dir", help="a run directory (train.output_dir) or its metrics.jsonl")
     pl.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/curves.png)")
     pl.set_defaults(func=cmd_plot)

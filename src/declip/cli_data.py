@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .errors import DataError
 
@@ -17,7 +18,8 @@ def cmd_check(args) -> int:
     try:
         report = check_manifest(args.manifest, args.root, args.threads, args.examples, args.image_size,
                                 progress=not args.no_progress, timeout_s=args.timeout,
-                                max_pixels=args.max_image_pixels, allow_outside_root=args.allow_outside_root)
+                                max_pixels=args.max_image_pixels, allow_outside_root=args.allow_outside_root,
+                                classnames=args.classnames)
     except (OSError, DataError) as e:  # no manifest to check (missing, a folder, empty): 2, not 1
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -36,18 +38,52 @@ def cmd_shard(args) -> int:
     return 0 if stats["samples"] else 1
 
 
+def cmd_to_wds(args) -> int:
+    from .config import Config, ConfigError, config_from_dict
+    from .data.labelled import manifest_kind
+    from .eval.common import EvalDataError
+    from .eval.to_wds import captions_to_wds, clip_benchmark_command, labelled_to_wds
+
+    flags = {"classnames": args.classnames, "templates": args.templates, "val_kind": args.val_kind,
+             "max_images": args.max_images}
+    given = {k: v for k, v in flags.items() if v is not None}
+    tree = Config().to_dict()
+    tree["eval"].update(given)
+    try:
+        cfg = config_from_dict(tree, {f"eval.{k}": f"command line (--{k.replace('_', '-')})" for k in given})
+        if not Path(args.manifest).is_file():
+            raise EvalDataError(f"manifest not found: {args.manifest}")
+        kind = manifest_kind(args.manifest) if args.kind == "auto" else args.kind
+        convert = labelled_to_wds if kind == "labelled" else captions_to_wds
+        stats = convert(cfg, args.manifest, args.root, args.out)
+    except (ConfigError, EvalDataError, OSError) as e:
+        print(f"{'config error' if isinstance(e, ConfigError) else 'error'}: {e}", file=sys.stderr)
+        return 2
+    what = f"{stats['classes']} classes, {stats['templates']} templates" if kind == "labelled" else "retrieval"
+    print(f"wrote {stats['samples']} {kind} samples ({what}) to {stats['out']} in CLIP_benchmark's wds layout")
+    lost = stats["bad_lines"] + sum(stats["unreadable"].values())
+    if lost:
+        print(f"skipped: {stats['bad_lines']} bad lines, unreadable images {stats['unreadable']}; e.g. "
+              f"{stats['examples'][0]}")
+    print("evaluate an exported model (declip export CKPT EXPORT_DIR; give EXPORT_DIR as an absolute path):\n  "
+          + clip_benchmark_command(args.out, kind))
+    return 0
+
+
 def add_data_parser(sub) -> None:
-    """Register ``declip data check|shard`` on the top-level sub-parsers."""
-    d = sub.add_parser("data", help="check a manifest, or convert it to webdataset shards")
+    """Register ``declip data check|shard|to-wds`` on the top-level sub-parsers."""
+    d = sub.add_parser("data", help="check a manifest; write it as training shards or as a CLIP_benchmark set")
     dsub = d.add_subparsers(dest="data_command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("manifest", help="JSON-lines manifest (filename, caption, ...)")
+        p.add_argument("manifest", help="JSON-lines manifest: captions (filename, caption) or, for check, "
+                       "labelled (filename, label, label_name)")
         p.add_argument("--root", required=True, help="folder the manifest's filenames are relative to")
         p.add_argument("--threads", type=int, default=8, help="decoding threads (default 8)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar (off anyway when not a terminal)")
 
-    c = dsub.add_parser("check", help="validate every line; exit status 1 if any is unusable")
+    c = dsub.add_parser("check", help="validate every line of a caption or labelled manifest (the kind is "
+                        "told from the file); exit status 1 if any is unusable")
     common(c)
     c.add_argument("--examples", type=int, default=5, help="examples shown per problem")
     c.add_argument("--image-size", type=int, default=224, help="model input side (decode as training does)")
@@ -57,12 +93,29 @@ def add_data_parser(sub) -> None:
                    help="larger images count as too_large (data.max_image_pixels)")
     c.add_argument("--allow-outside-root", action="store_true",
                    help="accept absolute and '..' filenames (data.allow_outside_root)")
+    c.add_argument("--classnames", default=None, help="labelled manifest: class-name file (line i names label "
+                   "i); labels must then be below its line count")
     c.set_defaults(func=cmd_check)
 
-    s = dsub.add_parser("shard", help="write webdataset shards: key.jpg + key.txt + key.json")
+    s = dsub.add_parser("shard", help="write training webdataset shards: key.jpg + key.txt + key.json")
     common(s)
     s.add_argument("--out", required=True, help="output folder for 00000.tar, 00001.tar, ...")
     s.add_argument("--max-side", type=int, default=256, help="shrink so the longer side is at most this")
     s.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     s.add_argument("--quality", type=int, default=95, help="JPEG quality of re-encoded images")
     s.set_defaults(func=cmd_shard)
+
+    w = dsub.add_parser("to-wds", help="write a labelled or caption manifest as a CLIP_benchmark data set "
+                        "(its local webdataset layout: --dataset wds/NAME --dataset_root OUT)")
+    w.add_argument("manifest", help="labelled (filename, label, label_name) or caption (filename, caption) "
+                   "JSON lines")
+    w.add_argument("--root", required=True, help="folder the manifest's filenames are relative to")
+    w.add_argument("--out", required=True, help="output folder (test/N.tar, classnames.txt, templates, ...)")
+    w.add_argument("--kind", choices=("auto", "labelled", "captions"), default="auto",
+                   help="auto: labelled when lines have 'label' and no 'caption'")
+    w.add_argument("--classnames", default=None, help="as declip eval --classnames (default: label_name)")
+    w.add_argument("--templates", default=None, help="as declip eval --templates (default openai-imagenet-80)")
+    w.add_argument("--val-kind", default=None, choices=("auto", "imagenet", "generic"),
+                   help="as declip eval --val-kind")
+    w.add_argument("--max-images", type=int, default=None, help="cap, as declip eval --max-images")
+    w.set_defaults(func=cmd_to_wds)

@@ -52,9 +52,10 @@ class ManifestSource(ReopenAfterPickle):
             raise IndexError(f"{self.path}: line {index + 1} of {len(self)}")
         return self.file.read(int(self.starts[index]), int(self.starts[index + 1]))
 
-    def record(self, index: int) -> dict:
-        """Line ``index + 1`` parsed and checked: a dict with ``filename`` and ``caption`` (a str), or
-        :class:`BadSample` ``bad_line`` naming FILE:LINE and what is wrong."""
+    def parse(self, index: int, required: tuple[str, ...] = ("filename", "caption")) -> dict:
+        """Line ``index + 1`` as a JSON object holding the ``required`` keys and a non-empty string
+        ``filename``, or :class:`BadSample` ``bad_line`` naming FILE:LINE and what is wrong. Shared by the
+        caption form (:meth:`record`) and the labelled form (:mod:`declip.data.labelled`)."""
         where = f"{self.path}:{index + 1}"
         raw = self.line(index).rstrip(b"\r\n")
         try:
@@ -66,11 +67,18 @@ class ManifestSource(ReopenAfterPickle):
             raise BadSample("bad_line", f"{where}: {why}") from None
         if not isinstance(rec, dict):
             raise BadSample("bad_line", f"{where}: expected a JSON object, got {type(rec).__name__}")
-        for k in ("filename", "caption"):
+        for k in required:
             if k not in rec:
                 raise BadSample("bad_line", f"{where}: missing key '{k}'")
         if not isinstance(rec["filename"], str) or not rec["filename"]:
             raise BadSample("bad_line", f"{where}: 'filename' must be a non-empty string")
+        return rec
+
+    def record(self, index: int) -> dict:
+        """Line ``index + 1`` parsed and checked: a dict with ``filename`` and ``caption`` (a str), or
+        :class:`BadSample` naming FILE:LINE and what is wrong."""
+        where = f"{self.path}:{index + 1}"
+        rec = self.parse(index)
         caption = rec["caption"]
         if isinstance(caption, list):
             if not caption:

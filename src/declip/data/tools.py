@@ -29,7 +29,8 @@ def _ordered(fn: Callable, n: int, threads: int, progress: bool, desc: str) -> I
     from tqdm import tqdm
 
     chunk = max(64, 64 * threads)
-    bar = tqdm(total=n, desc=desc, disable=not (progress and sys.stderr.isatty()), dynamic_ncols=True, mininterval=1, file=sys.stderr)
+    bar = tqdm(total=n, desc=desc, disable=not (progress and sys.stderr.isatty()), dynamic_ncols=True, mininterval=1, file=sys.stderr,
+               leave=False)  # cleared on close: the report below is what stays
     with ThreadPoolExecutor(max(1, threads)) as pool:
         for lo in range(0, n, chunk):
             for r in pool.map(fn, range(lo, min(n, lo + chunk))):
@@ -53,18 +54,25 @@ def _is_long(caption: str) -> bool:
 
 def check_manifest(path: str, root: str, threads: int = 8, max_examples: int = 5, image_size: int = 224,
                    progress: bool = True, out: TextIO | None = None, timeout_s: float = 60.0,
-                   max_pixels: int = DEFAULT_MAX_PIXELS, allow_outside_root: bool = False) -> dict:
+                   max_pixels: int = DEFAULT_MAX_PIXELS, allow_outside_root: bool = False,
+                   classnames: str | None = None) -> dict:
     """Parse every line, check its caption, and decode its image as training would (the same path
     containment, size limit and per-sample timeout). Prints a report and returns ``{"lines", "ok",
-    "problems": {reason: count}, "examples": {reason: [...]}, "long_captions"}``."""
+    "problems": {reason: count}, "examples": {reason: [...]}, "long_captions"}``. A labelled manifest
+    (``filename``, ``label``) is checked as one instead (:mod:`declip.data.labelled`), with the same limits."""
     from ..errors import DataError
+    from .labelled import LABELLED, check_labelled, manifest_kind
     from .manifest import ManifestSource
 
-    out = out or sys.stdout
-    t0 = time.perf_counter()
     if not Path(root).is_dir():  # else every line would be reported as a missing file
         raise DataError(f"--root {root} " + ("is not a folder" if Path(root).exists() else "does not exist") +
                         ": pass the folder the manifest's filenames are relative to")
+    limits = dict(timeout_s=timeout_s, max_pixels=max_pixels, allow_outside_root=allow_outside_root)
+    if Path(path).is_file() and manifest_kind(path) == LABELLED:
+        return check_labelled(path, root, threads, max_examples, image_size, progress, out, classnames, **limits)
+
+    out = out or sys.stdout
+    t0 = time.perf_counter()
     src = ManifestSource(path, root, image_size, max_pixels=max_pixels, allow_outside_root=allow_outside_root)
 
     def one(i: int):

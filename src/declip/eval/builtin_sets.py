@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from pathlib import Path
 
 from ..data.builtin import SHAPES, ZEROSHOT_TEMPLATES, BuiltinZeroShot, _rng, caption_for, render_scene
+from .wds_layout import write_wds
 
 PROBE_TRAIN_SEED, RETRIEVAL_SEED = 24680, 13579
 PROBE_TRAIN_SIZE, RETRIEVAL_SIZE, CAPTIONS_PER_IMAGE = 500, 200, 2
@@ -89,19 +89,13 @@ def _write_labelled(out: Path, manifest: Path, stem: str, images: ShapeImages, n
 
 def _write_clip_benchmark(folder: Path, n: int) -> None:
     """The zero-shot test set in CLIP_benchmark's local WebDataset layout (``--dataset wds/NAME
-    --dataset_root FOLDER``): test/0.tar of KEY.png + KEY.cls, test/nshards.txt, classnames.txt and
-    zeroshot_classification_templates.txt (its templates name the class ``{c}``)."""
-    (folder / "test").mkdir(parents=True, exist_ok=True)
+    --dataset_root FOLDER``, see :mod:`declip.eval.wds_layout`): PNG + class index per scene."""
     images = ShapeImages(BuiltinZeroShot().seed)
-    with tarfile.open(folder / "test" / "0.tar", "w") as tar:
+
+    def samples():
         for i in range(n):
             buf = io.BytesIO()
             images(i).save(buf, format="PNG")
-            for ext, data in (("png", buf.getvalue()), ("cls", str(shape_label(i)).encode())):
-                info = tarfile.TarInfo(f"s{i:05d}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    (folder / "test" / "nshards.txt").write_text("1\n")
-    (folder / "classnames.txt").write_text("".join(s + "\n" for s in SHAPES))
-    (folder / "zeroshot_classification_templates.txt").write_text(
-        "".join(t.replace("{}", "{c}") + "\n" for t in ZEROSHOT_TEMPLATES))
+            yield "png", buf.getvalue(), shape_label(i)
+
+    write_wds(folder, samples(), classnames=list(SHAPES), templates=ZEROSHOT_TEMPLATES)

@@ -86,10 +86,13 @@ class FileImages:
 
     ``data`` (the run's ``DataConfig``) applies training's limits to evaluation images too: names stay inside
     the root (``outside_root``), huge images are refused from their header (``too_large``) and a read that
-    hangs is given up after ``data.sample_timeout_s`` (``timeout``). ``where`` names the manifest in skips."""
+    hangs is given up after ``data.sample_timeout_s`` (``timeout``). ``where`` names the manifest in skips.
+    ``draft=False`` decodes every JPEG at full size, as CLIP_benchmark and open_clip do: the same file then
+    gives the same pixels there and here (``eval.jpeg_draft=false``)."""
 
-    def __init__(self, root: str | Path, names: list[str], image_size: int, data=None, where: str = ""):
-        self.root, self.names, self.image_size = Path(root), list(names), image_size
+    def __init__(self, root: str | Path, names: list[str], image_size: int, data=None, where: str = "",
+                 draft: bool = True):
+        self.root, self.names, self.image_size, self.draft = Path(root), list(names), image_size, draft
         self.where = where or str(root)
         self.max_pixels = data.max_image_pixels if data is not None else DEFAULT_MAX_PIXELS
         self.allow_outside = data.allow_outside_root if data is not None else False
@@ -100,7 +103,18 @@ class FileImages:
 
     def __call__(self, i: int):
         path = contained(self.root, self.names[i], self.allow_outside, self.where)
-        return call_bounded(lambda: load_image(path, self.image_size, self.max_pixels), self.timeout_s, str(path))
+        target = self.image_size if self.draft else None
+        return call_bounded(lambda: load_image(path, target, self.max_pixels), self.timeout_s, str(path))
+
+
+def file_images(root: str | Path, names: list[str], cfg, where: str = "") -> EvalImages:
+    """The eval dataset over image files as ``cfg`` says: model input side, training's data limits,
+    ``eval.jpeg_draft``, the eval transform. One place for the three file-based tasks, so they decode alike."""
+    from ..data.views import eval_transform_uint8
+
+    size = cfg.model.vision.image_size
+    return EvalImages(FileImages(root, names, size, cfg.data, where, cfg.eval.jpeg_draft), len(names),
+                      eval_transform_uint8(size))
 
 
 class EvalImages(Dataset):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..config import Config
 from ..data.views import eval_transform_uint8
-from .common import EvalDataError, EvalImages, FileImages, check_root, image_features
+from .common import EvalDataError, EvalImages, check_root, file_images, image_features
 from .zeroshot import read_labelled
 
 
@@ -121,7 +121,6 @@ def _probe(clip, cfg: Config, device, train: tuple, test: tuple, what: str) -> d
 def probe_manifest(clip, cfg: Config, device) -> dict[str, float]:
     """Linear probe on ``eval.probe_train_manifest`` (+root) and ``eval.probe_test_manifest`` (+root)."""
     ev = cfg.eval
-    size = cfg.model.vision.image_size
     sets, bad = [], 0
     for manifest, root in ((ev.probe_train_manifest, ev.probe_train_root),
                            (ev.probe_test_manifest, ev.probe_test_root)):
@@ -130,8 +129,7 @@ def probe_manifest(clip, cfg: Config, device) -> dict[str, float]:
         if not recs:
             raise EvalDataError(f"{man.path}: no usable line ({len(man.bad)} bad, e.g. {man.bad[:1]})")
         folder = check_root(root, str(man.path))
-        images = EvalImages(FileImages(folder, [r["filename"] for r in recs], size, cfg.data, str(man.path)),
-                        len(recs), eval_transform_uint8(size))
+        images = file_images(folder, [r["filename"] for r in recs], cfg, str(man.path))
         sets.append((images, [r["label"] for r in recs]))
         bad += len(man.bad)
     res = _probe(clip, cfg, device, sets[0], sets[1], "linear probe")

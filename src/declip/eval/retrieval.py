@@ -18,7 +18,7 @@ from ..config import Config
 from ..data.decode import check_caption
 from ..data.errors import BadSample
 from ..data.views import eval_transform_uint8
-from .common import (EvalDataError, EvalImages, FileImages, check_root, counts, image_features, read_manifest,
+from .common import (EvalDataError, EvalImages, check_root, counts, file_images, image_features, read_manifest,
                      text_features)
 
 KS = (1, 5, 10)
@@ -91,9 +91,7 @@ def retrieval_manifest(clip, cfg: Config, device) -> dict[str, float]:
     if not names:
         raise EvalDataError(f"{man.path}: no image with a usable caption ({len(man.bad)} bad lines, "
                             f"skipped captions {skipped})")
-    size = cfg.model.vision.image_size
-    images = EvalImages(FileImages(root, names, size, cfg.data, str(man.path)),
-                        len(names), eval_transform_uint8(size))
+    images = file_images(root, names, cfg, str(man.path))
     res = retrieve(clip, images, captions, device, ev.batch_size, ev.num_workers,
                    cfg.model.text.context_length, str(man.path))
     res.update(bad_lines=len(man.bad), skipped_captions=sum(skipped.values()))

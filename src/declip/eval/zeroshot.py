@@ -29,9 +29,10 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TE
 
 from ..config import Config
 from ..data.builtin import BuiltinZeroShot
+from ..data.labelled import label_problem
 from ..data.tokenizer import tokenize
 from ..data.views import eval_transform_uint8
-from .common import (EvalDataError, EvalImages, FileImages, Manifest, check_root, counts, eval_mode,
+from .common import (EvalDataError, EvalImages, Manifest, check_root, counts, eval_mode, file_images,
                      image_features, read_manifest)
 
 log = logging.getLogger(__name__)
@@ -88,9 +89,9 @@ def load_templates(spec: str, imagenet_templates: int = 80) -> tuple:
 
 
 def _check_label(rec: dict) -> None:
-    label = rec.get("label")
-    if isinstance(label, bool) or not isinstance(label, int) or label < 0:
-        raise ValueError(f"'label' must be a non-negative integer, got {label!r}")
+    why = label_problem(rec.get("label"))
+    if why:
+        raise ValueError(why)
 
 
 def read_labelled(path: str | Path) -> Manifest:
@@ -170,9 +171,7 @@ def zeroshot_manifest(clip, cfg: Config, device) -> tuple[str, dict[str, float]]
     prefix, names, templates, columns = protocol(man, cfg)
     recs = man.records[: ev.max_images] if ev.max_images else man.records
     labels = [columns[r["label"]] if columns else r["label"] for r in recs]
-    size = cfg.model.vision.image_size
-    images = EvalImages(FileImages(root, [r["filename"] for r in recs], size, cfg.data, str(man.path)),
-                        len(recs), eval_transform_uint8(size))
+    images = file_images(root, [r["filename"] for r in recs], cfg, str(man.path))
     res = classify(clip, images, labels, names, templates, device, ev.batch_size,
                    ev.num_workers, cfg.model.text.context_length, str(man.path))
     res["bad_lines"] = len(man.bad)

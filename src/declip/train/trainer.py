@@ -28,6 +28,7 @@ from ..data.sources import build_source
 from ..device import resolve_device
 from ..errors import CheckpointError
 from ..methods import build_method
+from ..metric_names import default_best_metric
 from .accel import autocast, effective_precision, prepare_method, scaled_step, wrap_ddp
 from .checkpoint import (link_best, list_checkpoints, load_checkpoint, rng_state, save_best, save_checkpoint,
                          set_rng_state)
@@ -393,7 +394,8 @@ class Trainer:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=self.cfg.train.steps, initial=self.step, desc="train", dynamic_ncols=True, mininterval=2)
+        return tqdm(total=self.cfg.train.steps, initial=self.step, desc="train", dynamic_ncols=True, mininterval=2,
+                    leave=False)  # cleared on close: the closing summary is what stays on the terminal
 
     def _finish(self) -> dict:
         tr = self.cfg.train
@@ -410,6 +412,9 @@ class Trainer:
             if saved is not None:
                 summary["checkpoint"] = str(saved)
         summary["eval"] = results
+        if self.best_step >= 0 and (self.out / "best.pt").is_file():  # a dict: kept out of metrics.jsonl
+            summary["best"] = {"value": self.best, "step": self.best_step, "path": str(self.out / "best.pt"),
+                               "metric": self.cfg.eval.best_metric or default_best_metric(results)}
         if self._stop_signal is None:  # a preempted run's summary would sit mid-file once it resumes
             self.writer.write(self.step, {k: v for k, v in summary.items() if isinstance(v, (int, float))},
                               "summary")
