@@ -19,6 +19,8 @@ from .config_parse import build, coerce, parse_override, record_sources, set_dot
 from .errors import ConfigError  # noqa: F401  (re-exported: declip.config.ConfigError)
 from .metric_names import TASKS, producible_metrics
 from .presets import PRESETS, apply_preset
+from .recipes import (default_config_path, demo_config_path, is_shipped,  # noqa: F401  (the two paths: re-exported)
+                      own_data_config_path, resolve_config)
 
 
 Check = Callable[[bool, str, str], None]  # check(ok, dotted key, message): raises ConfigError naming the source
@@ -326,9 +328,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     tree: dict = {}
     sources: dict[str, str] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        path = resolve_config(path)  # a file, or a shipped recipe's name
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
@@ -359,9 +359,28 @@ def config_from_dict(tree: dict, sources: dict[str, str] | None = None) -> Confi
         tree["eval"] = {**ev, "builtin": False}  # the built-in shapes task says nothing about a user's data
         sources["eval.builtin"] = f"default for data.source={data.get('source')}"
     cfg = build(Config, tree, sources)
+    explicit_lr_is_the_peak(cfg, sources)
     validate(cfg, sources)
     cfg.origins = sources  # where each value came from (a file, the command line, a preset): logged at start
     return cfg
+
+
+def user_set(key: str, sources: dict[str, str]) -> bool:
+    """Whether the user chose this value (command line or their own file), not a shipped recipe or a default."""
+    src = sources.get(key)
+    return src is not None and not is_shipped(src) and not src.startswith(("preset ", "default "))
+
+
+def explicit_lr_is_the_peak(cfg: Config, sources: dict[str, str]) -> None:
+    """An ``optim.lr`` the user wrote is the peak lr of the run as written: a recipe's ``optim.lr_scaling``
+    scales the recipe's own lr (defined for its base_batch), not the user's. Scaling a user's lr too (issue 31:
+    ``optim.lr=5e-4 train.batch_size=64`` on the own-data defaults trained at 6.25e-5) needs the user to
+    choose ``optim.lr_scaling`` themselves. The switch is written into the config (and its dump), so a run
+    resumed from its config.yaml keeps it."""
+    if cfg.optim.lr_scaling != "none" and user_set("optim.lr", sources) and not user_set("optim.lr_scaling",
+                                                                                          sources):
+        cfg.optim.lr_scaling = "none"
+        sources["optim.lr_scaling"] = f"none because optim.lr is set ({sources['optim.lr']})"
 
 
 def from_preset(cfg: Config) -> dict[str, Any]:
@@ -389,25 +408,6 @@ def validate(cfg: Config, sources: dict[str, str] | None = None) -> None:
         section.validate(check)
     check(not cfg.data.second_view_crop_scale or cfg.method.name != "clip", "data.second_view_crop_scale",
           "method.name=clip trains on one image view; set data.crop_scale instead")
-
-
-def demo_config_path() -> Path:
-    """The built-in demo (DeCLIP, tiny towers, generated data): what ``declip train`` runs without --config."""
-    return Path(__file__).parent / "configs" / "demo.yaml"
-
-
-def own_data_config_path() -> Path:
-    """General defaults for a user's own data (reference heads, queue, context and lr schedule scaled to the
-    batch): what ``declip train data.source=...`` runs without --config. The demo's settings are tuned for the
-    generated shapes and must not leak into a real run."""
-    return Path(__file__).parent / "configs" / "own_data.yaml"
-
-
-def default_config_path(overrides: list[str] | tuple[str, ...]) -> Path:
-    """The config ``declip train`` starts from when no --config is given: the demo for the built-in data,
-    the general defaults as soon as the command line names another data source."""
-    sources = [parse_override(o)[1] for o in overrides if o.split("=", 1)[0].strip() == "data.source"]
-    return own_data_config_path() if sources and sources[-1] != "builtin" else demo_config_path()
 
 
 def dump_config(cfg: Config) -> str:
