@@ -19,6 +19,7 @@ import argparse
 import errno
 import logging
 import sys
+from pathlib import Path
 
 from . import __version__
 from .config import ConfigError, load_config
@@ -57,7 +58,7 @@ def cmd_config_show(args) -> int:
     from .recipes import is_shipped
 
     cfg = load_config(args.config or default_config_path(args.overrides), args.overrides)
-    origins = {k: f"recipe {v.rsplit('/', 1)[-1][:-5]}" if is_shipped(v) else v for k, v in cfg.origins.items()}
+    origins = {k: f"recipe {Path(v).stem}" if is_shipped(v) else v for k, v in cfg.origins.items()}
     print(show_config(cfg.to_dict(), origins))
     return 0
 

@@ -220,7 +220,8 @@ class TrainConfig:
     batch_size: int = 64  # per device
     grad_accum: int = 1  # micro-batches of batch_size per optimizer step (negatives stay per micro-batch)
     seed: int = 0
-    device: str = "auto"  # auto | cpu | a torch device type (cuda, xpu, npu, ...): declip.device resolves it
+    device: str = "auto"  # auto | cpu | a device type (cuda, xpu, npu, ...) | TYPE:N (one device, single-process
+    # runs; under torchrun each local rank takes its own): declip.device resolves it
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     mode: Literal["full", "performance"] = "full"
     log_every: int = 20
@@ -251,8 +252,18 @@ class TrainConfig:
         check(self.dist_timeout_s >= 60, "train.dist_timeout_s", "must be >= 60 seconds")
         check(self.peak_tflops >= 0, "train.peak_tflops", "must be >= 0 (0 = from the device table)")
         check(bool(self.output_dir), "train.output_dir", "must not be empty")
-        check(bool(self.device) and self.device.replace("_", "").isalnum(), "train.device",
-              "auto, cpu or a torch device type such as cuda, xpu or npu")
+        check(split_device(self.device) is not None, "train.device",
+              f"{self.device!r}: auto, cpu, or a torch device type with an optional index (cuda, cuda:1, xpu:0, "
+              "npu:3)")
+
+
+def split_device(spec: str) -> tuple[str, int | None] | None:
+    """``cuda:1`` -> ("cuda", 1), ``cuda`` -> ("cuda", None); None for a malformed value (auto and cpu take no
+    index). Shared by the config check and declip.device, so both read a device string the same way."""
+    kind, sep, index = spec.partition(":")
+    if not kind or not kind.replace("_", "").isalnum() or (sep and (not index.isdigit() or kind in ("auto", "cpu"))):
+        return None
+    return kind, int(index) if sep else None
 
 
 @dataclass
