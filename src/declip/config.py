@@ -91,11 +91,21 @@ class ModelConfig:
     # init 1/0.07 = 14.3 lasts one step); open_clip's is 0. The ceiling stays the reference's 6 (the value is
     # capped at 100 anyway)
     logit_scale_min: float = 3.0
+    # start the towers from trained weights (a fresh run only; a resumed run takes its checkpoint's): an open_clip
+    # checkpoint file, an open_clip 'local-dir:' folder or a declip export, or openclip:MODEL/TAG (downloads)
+    init_from: str = ""
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
 
     def validate(self, check: Check) -> None:
         check(self.embed_dim > 0, "model.embed_dim", "must be > 0")
+        if self.init_from.startswith("openclip:"):
+            check(self.init_from.count("/") == 1 and all(self.init_from[9:].split("/")), "model.init_from",
+                  "openclip:MODEL/TAG, e.g. openclip:ViT-B-32/laion2b_s34b_b79k (open_clip.list_pretrained())")
+        elif self.init_from:
+            path = Path(self.init_from.removeprefix("local-dir:"))
+            check(path.exists(), "model.init_from", f"{path} does not exist (an open_clip checkpoint file, a "
+                  "local-dir: folder or a declip export; openclip:MODEL/TAG for a published one)")
         check(0.0 <= self.logit_scale_min < LOGIT_SCALE_MAX, "model.logit_scale_min",
               f"must be in [0, {LOGIT_SCALE_MAX}) (log space; the reference's 3, open_clip's 0)")
         self.vision.validate(check)
