@@ -2,7 +2,9 @@
 nearest-neighbour supervision).
 
   declip train                      DeCLIP on the built-in data (a few minutes on a CPU): zero-shot + checkpoint
-  declip train --config C.yaml k=v  any recipe (configs/), any key overridden on the command line
+  declip train --config NAME k=v    a shipped recipe by name (declip configs) or a YAML file, any key overridden
+  declip configs                    the shipped recipes, one line each
+  declip config show [--config X]   the resolved config: every key, and where its value came from
   declip eval --checkpoint CKPT     evaluate a checkpoint: zero-shot, retrieval, linear probe (built-in or own sets)
   declip export CKPT DIR            the towers as an open_clip 'local-dir:' model (open_clip, CLIP_benchmark)
   declip data check|shard|to-wds    validate a caption or labelled manifest / write training shards / write it
@@ -65,6 +67,24 @@ def closing_summary(summary: dict, cfg) -> str:
     return "\n".join(lines)
 
 
+def cmd_configs(args) -> int:
+    from .recipes import describe_recipes
+
+    print(describe_recipes())
+    return 0
+
+
+def cmd_config_show(args) -> int:
+    from .config import default_config_path
+    from .config_parse import show_config
+    from .recipes import is_shipped
+
+    cfg = load_config(args.config or default_config_path(args.overrides), args.overrides)
+    origins = {k: f"recipe {Path(v).stem}" if is_shipped(v) else v for k, v in cfg.origins.items()}
+    print(show_config(cfg.to_dict(), origins))
+    return 0
+
+
 def cmd_eval(args) -> int:
     from .cli_eval import run_eval_command
 
@@ -95,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="pre-train a model, then evaluate it and save a checkpoint (no --config: "
                        "DeCLIP on the built-in data)")
-    t.add_argument("--config", default=None, help="YAML config file (default: the built-in demo; with "
+    config_help = ("a shipped recipe's name (declip configs) or a YAML file (default: the built-in demo; with "
                    "data.source=... on the command line, the general defaults for your own data)")
+    t.add_argument("--config", default=None, help=config_help)
     t.add_argument("--resume", default=None, metavar="latest|latest-or-new|best|PATH",
                    help="continue a run: the newest checkpoint in train.output_dir (latest; latest-or-new starts "
                         "fresh when there is none), its best.pt, or a checkpoint file")
@@ -106,6 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resume although the optimisation/data settings differ from the checkpoint's")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=5e-4 train.steps=200")
     t.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("configs", help="list the shipped recipes (usable as --config NAME)")
+    c.set_defaults(func=cmd_configs)
+    cs = sub.add_parser("config", help="config tools: 'declip config show' prints the resolved config")
+    cs_sub = cs.add_subparsers(dest="config_command", required=True)
+    show = cs_sub.add_parser("show", help="every key of the resolved config, marked default / preset / file / "
+                             "command line")
+    show.add_argument("--config", default=None, help=config_help)
+    show.add_argument("overrides", nargs="*", help="key=value overrides, as for declip train")
+    show.set_defaults(func=cmd_config_show)
 
     from .cli_eval import add_eval_arguments  # import-light (no torch)
 

@@ -19,6 +19,8 @@ from .config_parse import build, coerce, parse_override, record_sources, set_dot
 from .errors import ConfigError  # noqa: F401  (re-exported: declip.config.ConfigError)
 from .metric_names import TASKS, producible_metrics
 from .presets import PRESETS, apply_preset
+from .recipes import (default_config_path, demo_config_path, is_shipped,  # noqa: F401  (the two paths: re-exported)
+                      own_data_config_path, resolve_config)
 
 
 Check = Callable[[bool, str, str], None]  # check(ok, dotted key, message): raises ConfigError naming the source
@@ -89,11 +91,21 @@ class ModelConfig:
     # init 1/0.07 = 14.3 lasts one step); open_clip's is 0. The ceiling stays the reference's 6 (the value is
     # capped at 100 anyway)
     logit_scale_min: float = 3.0
+    # start the towers from trained weights (a fresh run only; a resumed run takes its checkpoint's): an open_clip
+    # checkpoint file, an open_clip 'local-dir:' folder or a declip export, or openclip:MODEL/TAG (downloads)
+    init_from: str = ""
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
 
     def validate(self, check: Check) -> None:
         check(self.embed_dim > 0, "model.embed_dim", "must be > 0")
+        if self.init_from.startswith("openclip:"):
+            check(self.init_from.count("/") == 1 and all(self.init_from[9:].split("/")), "model.init_from",
+                  "openclip:MODEL/TAG, e.g. openclip:ViT-B-32/laion2b_s34b_b79k (open_clip.list_pretrained())")
+        elif self.init_from:
+            path = Path(self.init_from.removeprefix("local-dir:"))
+            check(path.exists(), "model.init_from", f"{path} does not exist (an open_clip checkpoint file, a "
+                  "local-dir: folder or a declip export; openclip:MODEL/TAG for a published one)")
         check(0.0 <= self.logit_scale_min < LOGIT_SCALE_MAX, "model.logit_scale_min",
               f"must be in [0, {LOGIT_SCALE_MAX}) (log space; the reference's 3, open_clip's 0)")
         self.vision.validate(check)
@@ -258,7 +270,8 @@ class TrainConfig:
     batch_size: int = 64  # per device
     grad_accum: int = 1  # micro-batches of batch_size per optimizer step (negatives stay per micro-batch)
     seed: int = 0
-    device: str = "auto"  # auto | cpu | a torch device type (cuda, xpu, npu, ...): declip.device resolves it
+    device: str = "auto"  # auto | cpu | a device type (cuda, xpu, npu, ...) | TYPE:N (one device, single-process
+    # runs; under torchrun each local rank takes its own): declip.device resolves it
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     mode: Literal["full", "performance"] = "full"
     log_every: int = 20
@@ -289,8 +302,18 @@ class TrainConfig:
         check(self.dist_timeout_s >= 60, "train.dist_timeout_s", "must be >= 60 seconds")
         check(self.peak_tflops >= 0, "train.peak_tflops", "must be >= 0 (0 = from the device table)")
         check(bool(self.output_dir), "train.output_dir", "must not be empty")
-        check(bool(self.device) and self.device.replace("_", "").isalnum(), "train.device",
-              "auto, cpu or a torch device type such as cuda, xpu or npu")
+        check(split_device(self.device) is not None, "train.device",
+              f"{self.device!r}: auto, cpu, or a torch device type with an optional index (cuda, cuda:1, xpu:0, "
+              "npu:3)")
+
+
+def split_device(spec: str) -> tuple[str, int | None] | None:
+    """``cuda:1`` -> ("cuda", 1), ``cuda`` -> ("cuda", None); None for a malformed value (auto and cpu take no
+    index). Shared by the config check and declip.device, so both read a device string the same way."""
+    kind, sep, index = spec.partition(":")
+    if not kind or not kind.replace("_", "").isalnum() or (sep and (not index.isdigit() or kind in ("auto", "cpu"))):
+        return None
+    return kind, int(index) if sep else None
 
 
 @dataclass
@@ -369,9 +392,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     tree: dict = {}
     sources: dict[str, str] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        path = resolve_config(path)  # a file, or a shipped recipe's name
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
@@ -408,9 +429,28 @@ def config_from_dict(tree: dict, sources: dict[str, str] | None = None) -> Confi
                 tree["method"] = method = {**method, key: value}
                 sources[f"method.{key}"] = "default for method.name=slip"
     cfg = build(Config, tree, sources)
+    explicit_lr_is_the_peak(cfg, sources)
     validate(cfg, sources)
     cfg.origins = sources  # where each value came from (a file, the command line, a preset): logged at start
     return cfg
+
+
+def user_set(key: str, sources: dict[str, str]) -> bool:
+    """Whether the user chose this value (command line or their own file), not a shipped recipe or a default."""
+    src = sources.get(key)
+    return src is not None and not is_shipped(src) and not src.startswith(("preset ", "default "))
+
+
+def explicit_lr_is_the_peak(cfg: Config, sources: dict[str, str]) -> None:
+    """An ``optim.lr`` the user wrote is the peak lr of the run as written: a recipe's ``optim.lr_scaling``
+    scales the recipe's own lr (defined for its base_batch), not the user's. Scaling a user's lr too (issue 31:
+    ``optim.lr=5e-4 train.batch_size=64`` on the own-data defaults trained at 6.25e-5) needs the user to
+    choose ``optim.lr_scaling`` themselves. The switch is written into the config (and its dump), so a run
+    resumed from its config.yaml keeps it."""
+    if cfg.optim.lr_scaling != "none" and user_set("optim.lr", sources) and not user_set("optim.lr_scaling",
+                                                                                          sources):
+        cfg.optim.lr_scaling = "none"
+        sources["optim.lr_scaling"] = f"none because optim.lr is set ({sources['optim.lr']})"
 
 
 def from_preset(cfg: Config) -> dict[str, Any]:
@@ -438,25 +478,6 @@ def validate(cfg: Config, sources: dict[str, str] | None = None) -> None:
         section.validate(check)
     check(not cfg.data.second_view_crop_scale or cfg.method.name not in ("clip", "filip"),
           "data.second_view_crop_scale", f"method.name={cfg.method.name} trains on one image view; set data.crop_scale instead")
-
-
-def demo_config_path() -> Path:
-    """The built-in demo (DeCLIP, tiny towers, generated data): what ``declip train`` runs without --config."""
-    return Path(__file__).parent / "configs" / "demo.yaml"
-
-
-def own_data_config_path() -> Path:
-    """General defaults for a user's own data (reference heads, queue, context and lr schedule scaled to the
-    batch): what ``declip train data.source=...`` runs without --config. The demo's settings are tuned for the
-    generated shapes and must not leak into a real run."""
-    return Path(__file__).parent / "configs" / "own_data.yaml"
-
-
-def default_config_path(overrides: list[str] | tuple[str, ...]) -> Path:
-    """The config ``declip train`` starts from when no --config is given: the demo for the built-in data,
-    the general defaults as soon as the command line names another data source."""
-    sources = [parse_override(o)[1] for o in overrides if o.split("=", 1)[0].strip() == "data.source"]
-    return own_data_config_path() if sources and sources[-1] != "builtin" else demo_config_path()
 
 
 def dump_config(cfg: Config) -> str:

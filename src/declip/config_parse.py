@@ -120,3 +120,26 @@ def record_sources(tree: dict, src: str, out: dict, prefix: str = "") -> None:
         out[f"{prefix}{k}"] = src
         if isinstance(v, dict):
             record_sources(v, src, out, f"{prefix}{k}.")
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """A nested config dict as ``{dotted key: value}``."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def show_config(tree: dict, origins: dict[str, str]) -> str:
+    """``declip config show``: every key of a resolved config, one per line, with where its value came from
+    (default, preset NAME, the file, the command line). A value is written as YAML reads it back."""
+    flat = flatten(tree)
+    width = max(len(f"{k}: {_scalar(v)}") for k, v in flat.items())
+    return "\n".join(f"{f'{k}: {_scalar(v)}':<{width}}  # {origins.get(k, 'default')}" for k, v in flat.items())
+
+
+def _scalar(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=1 << 16).strip().removesuffix("\n...").strip()

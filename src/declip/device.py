@@ -4,6 +4,10 @@
 else the CPU. Any other value names a device type; ``npu`` imports ``torch_npu`` lazily (untested here: no
 Ascend machine). Each local rank gets its own device: more local ranks than devices is refused, because
 ranks stacked on one device either fail in the collective library or silently share it.
+
+``TYPE:N`` (``cuda:1``) picks one device for a single-process run. Under torchrun with several processes on a
+node it is a config error: one index cannot serve every local rank, and choosing the GPUs is
+CUDA_VISIBLE_DEVICES's job (the local rank then indexes the visible ones).
 """
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ import importlib
 
 import torch
 
-from .errors import DeviceError
+from .config import split_device
+from .errors import ConfigError, DeviceError
 
 
 def _accelerator_module(device_type: str):
@@ -48,10 +53,23 @@ def resolve_device_type(want: str) -> str:
 def resolve_device(want: str, local_rank: int = 0, local_world_size: int = 1) -> torch.device:
     """The device of this process. With one visible device per task (SLURM --gpus-per-task=1, or
     CUDA_VISIBLE_DEVICES set per process) it is device 0 whatever the local rank."""
-    device_type = resolve_device_type(want)
+    parsed = split_device(want)
+    if parsed is None:
+        raise ConfigError(f"train.device={want}: auto, cpu, or a device type with an optional index (cuda:1)")
+    device_type, index = parsed[0], parsed[1]
+    device_type = resolve_device_type(device_type)
     if device_type == "cpu":
         return torch.device("cpu")
     n = device_count(device_type)
+    if index is not None:
+        if local_world_size > 1:
+            raise ConfigError(f"train.device={want} names one device but {local_world_size} processes run on this "
+                              f"node: use train.device={device_type} (each local rank takes its own) and choose "
+                              "the GPUs with CUDA_VISIBLE_DEVICES")
+        if index >= n:
+            raise DeviceError(f"train.device={want} but only {n} {device_type} device(s) are visible (indices 0-"
+                              f"{n - 1}); CUDA_VISIBLE_DEVICES renumbers them from 0")
+        return torch.device(device_type, index)
     if local_world_size > n:
         raise DeviceError(f"{local_world_size} processes on this node but only {n} {device_type} device(s) "
                           f"visible: launch at most {n} per node (torchrun --nproc_per_node {n}) or set "

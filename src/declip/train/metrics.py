@@ -83,12 +83,22 @@ def describe_run(cfg: Config, method: torch.nn.Module, device: torch.device, wor
     filled = from_preset(cfg)
     if filled:
         log.info("from preset %s: %s", cfg.model.preset, " ".join(f"{k}={v}" for k, v in filled.items()))
-    if lr_scale != 1.0:
-        log.info("optim.lr_scaling=%s: peak lr %.3g (optim.lr %.3g for a global batch of %d, scaled by %.3g)",
-                 cfg.optim.lr_scaling, cfg.optim.lr * lr_scale, cfg.optim.lr, cfg.optim.base_batch, lr_scale)
+    log.info("peak lr %.3g: %s", cfg.optim.lr * lr_scale, lr_origin(cfg, lr_scale))
     if not producible_metrics(cfg.eval):
         log.warning("no evaluation task (eval.builtin=false and no eval.val_manifest, retrieval_manifest or "
                     "probe_*_manifest): nothing will be evaluated and no best.pt written")
+
+
+def lr_origin(cfg: Config, lr_scale: float) -> str:
+    """Where the run's peak lr comes from, for the start-of-run line (issue 31: a scaled lr must not surprise)."""
+    origins = getattr(cfg, "origins", {})
+    src = origins.get("optim.lr", "the default")
+    if lr_scale == 1.0:
+        switched = origins.get("optim.lr_scaling", "").startswith("none because")  # config.explicit_lr_is_the_peak
+        why = "; the recipe's optim.lr_scaling is not applied to it" if switched else ""
+        return f"optim.lr as written (from {src}{why})"
+    return (f"optim.lr {cfg.optim.lr:.3g} (from {src}) is for a global batch of {cfg.optim.base_batch}, scaled "
+            f"by {lr_scale:.3g} (optim.lr_scaling={cfg.optim.lr_scaling}); set optim.lr yourself to train at it")
 
 
 def synchronize(device: torch.device) -> None:

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from .. import distributed as dist
+from ..config_parse import flatten
 from ..errors import CheckpointError, DeclipError, RunDirError
 from .checkpoint import BEST_NAME, list_checkpoints
 from .checkpoint import resolve_resume as find_checkpoint
@@ -25,22 +26,13 @@ from .metrics import read_metrics
 from .run_lock import RunLock
 
 SHAPE_PREFIXES = ("model.", "method.name", "method.simsiam_proj_dim", "method.simsiam_pred_dim",
-                  "method.queue_size", "method.filip_dim")
+                  "method.queue_size", "method.filip_dim", "method.simclr_hidden_dim", "method.simclr_out_dim")
 FREE_PREFIXES = ("train.steps", "train.log_every", "train.ckpt_every", "train.keep_last", "train.progress",
                  "train.tensorboard", "train.output_dir", "train.dist_timeout_s", "train.max_nonfinite_skips",
                  "train.peak_tflops", "train.mode", "train.compile", "train.grad_checkpointing", "train.channels_last",
-                 "data.num_workers", "data.pin_memory", "data.index_dir", "eval.")
+                 "data.num_workers", "data.pin_memory", "data.index_dir", "eval.",
+                 "model.init_from")  # init_from: a resumed run's weights come from its checkpoint, not from it
 RUN_FILES = ("metrics.jsonl", "tensorboard", "config.yaml", "train.log")
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def config_changes(old: dict, new: dict) -> list[tuple[str, object, object]]:
@@ -56,7 +48,8 @@ def _weight_switch(key: str, old, new) -> bool:
 def check_resume_config(old: dict, new: dict, allow_change: bool) -> list[str]:
     """Raise for a change the checkpoint cannot follow; return the accepted changes as ``key: old -> new``."""
     changes = config_changes(old, new)
-    shape = [c for c in changes if c[0].startswith(SHAPE_PREFIXES) or _weight_switch(*c)]
+    shape = [c for c in changes if (c[0].startswith(SHAPE_PREFIXES) and not c[0].startswith(FREE_PREFIXES))
+             or _weight_switch(*c)]
     if shape:
         listed = ", ".join(f"{k}: {o!r} -> {n!r}" for k, o, n in shape)
         raise CheckpointError(f"cannot resume: the checkpoint was trained with a different model/method shape "

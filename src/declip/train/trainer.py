@@ -71,6 +71,12 @@ class Trainer:
 
         torch.manual_seed(tr.seed)  # identical initial weights on every rank
         self.method = build_method(cfg).to(self.device)
+        if cfg.model.init_from and state is None:  # a resumed run's weights are its checkpoint's
+            from ..pretrained import init_towers
+
+            for line in init_towers(self.method, cfg.model.init_from):
+                if self.info.is_main:
+                    log.info("%s", line)
         prepare_method(self.method, cfg, self.device.type, self.info.world_size)  # before the optimizer and DDP
         fused = cfg.optim.fused is True or (cfg.optim.fused == "auto" and self.device.type == "cuda")
         self.optimizer = build_optimizer(self.method, cfg.optim, fused=fused)
