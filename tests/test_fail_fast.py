@@ -13,6 +13,7 @@ import torch
 
 from helpers import TINY
 from declip.cli import main as cli_main
+from declip.data.errors import SKIP_REASONS
 from declip.errors import CheckpointError, DataError, NonFiniteError, RunDirError
 from declip.train.checkpoint import list_checkpoints, load_checkpoint
 from declip.train.health import NonFiniteGuard, SkipRateGuard, nonfinite_buffers
@@ -163,9 +164,11 @@ def test_guard_units():
     with pytest.raises(NonFiniteError, match="2 steps in a row"):
         guard.skipped(8, "x", torch.nn.Linear(1, 1), Path("ckpt_00000006.pt"))
     skips = SkipRateGuard(0.1)
-    skips.add(torch.tensor([5, 0, 0, 0, 0, 0]), consumed=100)  # too few seen to judge
+    first = torch.zeros(len(SKIP_REASONS), dtype=torch.long)
+    first[SKIP_REASONS.index("missing_file")] = 5
+    skips.add(first, consumed=100)  # too few seen to judge
     with pytest.raises(Exception, match=r"25 of 220 samples unusable.*missing_file': 25"):
-        skips.add(torch.tensor([20, 0, 0, 0, 0, 0]), consumed=195)
+        skips.add(first * 4, consumed=195)
 
 
 # -------------------------------------------------------------------------- 3/4. resume and run dir
@@ -258,8 +261,8 @@ def test_checkpoint_problems_are_one_line(tiny_cfg, tmp_path, capsys, monkeypatc
     assert "checksum" in one_line_error(capsys, "eval", "--checkpoint", str(flipped))
     nan = tmp_path / "nan.pt"
     state["model"]["clip.logit_scale"] = torch.tensor(float("nan"))
-    state.pop("checksum")
-    torch.save(state, nan)  # no checksum: as written by an older declip
+    state.pop("checksums")
+    torch.save(state, nan)  # no checksums: as written by an older declip
     assert "refusing to evaluate" in one_line_error(capsys, "eval", "--checkpoint", str(nan))
     assert "refusing to export" in one_line_error(capsys, "export", str(nan), str(tmp_path / "exp"))
 

@@ -162,7 +162,7 @@ def test_multi_view_off_scores_one_view_against_the_original_caption():
     method = build_method(cfg).eval()  # BatchNorm (tiny ResNet) on running statistics: batch-independent
     losses, _ = method(batch)
     from declip.losses.contrastive import Gathered
-    from declip.models.towers import logit_scale_value
+    from declip.losses.contrastive import logit_scale_value
     import torch.nn.functional as F
 
     i1 = F.normalize(method.clip.encode_image(batch["images"][:, 0]), dim=-1)
@@ -230,7 +230,7 @@ def test_contrast_text_plain_keeps_the_mask_out_of_the_contrastive_terms(contras
     assert torch.allclose(losses["clip"], losses2["clip"]) == (contrast_text == "plain")
     if contrast_text == "plain":  # the contrastive text feature is the unmasked caption's
         from declip.losses.contrastive import Gathered
-        from declip.models.towers import logit_scale_value
+        from declip.losses.contrastive import logit_scale_value
         import torch.nn.functional as F
 
         labelled = batch["mlm_labels"] != -100  # the unmasked ids hold the MLM targets where the mask is

@@ -78,7 +78,7 @@ def test_logit_scale_cap_keeps_the_gradient():
     bring the scale back down (a hard clamp gives a zero gradient and the scale is stuck)."""
     import math
 
-    from declip.models.towers import logit_scale_value
+    from declip.losses.contrastive import logit_scale_value
 
     clip = build_clip(load_config(None).model)
     with torch.no_grad():

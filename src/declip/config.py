@@ -15,7 +15,7 @@ from typing import Any, Callable, Literal
 
 import yaml
 
-from .config_parse import build, coerce, parse_override, record_sources, set_dotted
+from .config_parse import build, coerce, parse_override, record_sources, set_dotted, split_device
 from .errors import ConfigError  # noqa: F401  (re-exported: declip.config.ConfigError)
 from .metric_names import TASKS, producible_metrics
 from .presets import PRESETS, apply_preset
@@ -305,15 +305,6 @@ class TrainConfig:
         check(split_device(self.device) is not None, "train.device",
               f"{self.device!r}: auto, cpu, or a torch device type with an optional index (cuda, cuda:1, xpu:0, "
               "npu:3)")
-
-
-def split_device(spec: str) -> tuple[str, int | None] | None:
-    """``cuda:1`` -> ("cuda", 1), ``cuda`` -> ("cuda", None); None for a malformed value (auto and cpu take no
-    index). Shared by the config check and declip.device, so both read a device string the same way."""
-    kind, sep, index = spec.partition(":")
-    if not kind or not kind.replace("_", "").isalnum() or (sep and (not index.isdigit() or kind in ("auto", "cpu"))):
-        return None
-    return kind, int(index) if sep else None
 
 
 @dataclass

@@ -143,3 +143,12 @@ def show_config(tree: dict, origins: dict[str, str]) -> str:
 
 def _scalar(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=1 << 16).strip().removesuffix("\n...").strip()
+
+
+def split_device(spec: str) -> tuple[str, int | None] | None:
+    """``cuda:1`` -> ("cuda", 1), ``cuda`` -> ("cuda", None); None for a malformed value (auto and cpu take no
+    index). Shared by the config check and declip.device, so both read a device string the same way."""
+    kind, sep, index = spec.partition(":")
+    if not kind or not kind.replace("_", "").isalnum() or (sep and (not index.isdigit() or kind in ("auto", "cpu"))):
+        return None
+    return kind, int(index) if sep else None

@@ -15,7 +15,7 @@ import importlib
 
 import torch
 
-from .config import split_device
+from .config_parse import split_device
 from .errors import ConfigError, DeviceError
 
 

@@ -29,22 +29,10 @@ import torch
 from .config import config_from_dict
 from .vocab import EOT_ID, MASK_ID
 from .data.views import IMAGENET_MEAN, IMAGENET_STD
+from .models.open_clip_files import CONFIG_NAME, WEIGHTS_NAME, tower_state_dict  # noqa: F401  (re-exported)
 from .models.towers import build_clip, open_clip_model_cfg
 from .errors import CheckpointError
 from .train.checkpoint import assert_finite, load_checkpoint
-
-CONFIG_NAME = "open_clip_config.json"
-WEIGHTS_NAME = "open_clip_model.safetensors"
-TOWER_PREFIX = "clip."  # Method.clip: the open_clip model inside every method's state dict
-
-
-def tower_state_dict(model_state: dict) -> dict[str, torch.Tensor]:
-    """The towers' entries of a method state dict, with the ``clip.`` prefix removed (open_clip names)."""
-    towers = {k[len(TOWER_PREFIX):]: v for k, v in model_state.items() if k.startswith(TOWER_PREFIX)}
-    if not towers:
-        raise CheckpointError(f"no '{TOWER_PREFIX}*' entries in the checkpoint's model state: not a declip "
-                              "checkpoint?")
-    return towers
 
 
 def preprocess_cfg(image_size: int) -> dict:

@@ -21,6 +21,7 @@ from typing import TextIO
 
 from .decode import DEFAULT_MAX_PIXELS
 from .errors import SKIP_REASONS, BadSample
+from .scan import at_line, ordered
 
 LABELLED, CAPTIONS = "labelled", "captions"
 # reasons of a labelled check besides the skip reasons: a contradicting label_name, labels with no name at all
@@ -63,7 +64,6 @@ def check_labelled(path: str, root: str, threads: int = 8, max_examples: int = 5
     from .bounded import call_bounded
     from .decode import load_image
     from .manifest import ManifestSource
-    from .tools import _ordered, _where
 
     out = out or sys.stdout
     t0 = time.perf_counter()
@@ -82,7 +82,7 @@ def check_labelled(path: str, root: str, threads: int = 8, max_examples: int = 5
             call_bounded(lambda: load_image(image, image_size, max_pixels), timeout_s, f"{src.path}:{i + 1}")
             return None, (rec["label"], rec.get("label_name"))
         except BadSample as e:
-            return (e.reason, _where(src, i, e.detail)), None
+            return (e.reason, at_line(src, i, e.detail)), None
 
     problems: Counter = Counter()
     examples: dict[str, list[str]] = {}
@@ -94,7 +94,7 @@ def check_labelled(path: str, root: str, threads: int = 8, max_examples: int = 5
 
     named: dict[int, str] = {}
     labels: Counter = Counter()
-    for i, (bad, good) in enumerate(_ordered(one, len(src), threads, progress, "check")):
+    for i, (bad, good) in enumerate(ordered(one, len(src), threads, progress, "check")):
         if bad:
             note(*bad)
             continue

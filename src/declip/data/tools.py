@@ -13,35 +13,15 @@ import json
 import sys
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator, TextIO
+from typing import TextIO
 
 from .bounded import call_bounded
+from .scan import at_line, ordered
 from .decode import DEFAULT_MAX_PIXELS
 from .errors import SKIP_REASONS, BadSample
 
 CONTEXT_TOKENS = 75  # 77 minus SOT and EOT: longer captions are truncated by the tokenizer
-
-
-def _ordered(fn: Callable, n: int, threads: int, progress: bool, desc: str) -> Iterator:
-    """``fn(i)`` for i in range(n), in order, on ``threads`` threads, with at most a few chunks in flight."""
-    from tqdm import tqdm
-
-    chunk = max(64, 64 * threads)
-    bar = tqdm(total=n, desc=desc, disable=not (progress and sys.stderr.isatty()), dynamic_ncols=True, mininterval=1, file=sys.stderr,
-               leave=False)  # cleared on close: the report below is what stays
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        for lo in range(0, n, chunk):
-            for r in pool.map(fn, range(lo, min(n, lo + chunk))):
-                yield r
-                bar.update(1)
-    bar.close()
-
-
-def _where(src, index: int, detail: str) -> str:
-    prefix = f"{src.path}:{index + 1}"
-    return detail if detail.startswith(prefix) else f"{prefix}: {detail}"
 
 
 def _is_long(caption: str) -> bool:
@@ -81,12 +61,12 @@ def check_manifest(path: str, root: str, threads: int = 8, max_examples: int = 5
             call_bounded(lambda: src.load(i), timeout_s, f"{src.path}:{i + 1}")
             return None, _is_long(rec["caption"])
         except BadSample as e:
-            return (e.reason, _where(src, i, e.detail)), False
+            return (e.reason, at_line(src, i, e.detail)), False
 
     problems: Counter = Counter()
     examples: dict[str, list[str]] = {}
     long_captions = 0
-    for bad, long in _ordered(one, len(src), threads, progress, "check"):
+    for bad, long in ordered(one, len(src), threads, progress, "check"):
         long_captions += long
         if bad:
             problems[bad[0]] += 1
@@ -122,7 +102,7 @@ def shard_sample(src, i: int, max_side: int, quality: int) -> tuple[dict | None,
         data = read_image_bytes(path)
         img = decode_image(data, str(path), max_side=max_side, max_pixels=src.max_pixels)
     except BadSample as e:
-        return None, (e.reason, _where(src, i, e.detail))
+        return None, (e.reason, at_line(src, i, e.detail))
     with Image.open(io.BytesIO(data)) as probe:  # decodable: checked above
         original = probe.size
         keep = probe.format == "JPEG" and probe.mode == "RGB" and img.size == probe.size
@@ -169,7 +149,7 @@ def shard_manifest(path: str, root: str, out_dir: str, max_side: int = 256, shar
             writer.close()
             tmp.rename(shards[-1])  # a shard appears only once complete
 
-    for sample, bad in _ordered(one, len(src), threads, progress, "shard"):
+    for sample, bad in ordered(one, len(src), threads, progress, "shard"):
         if bad:
             skipped[bad[0]] += 1
             if len(examples.setdefault(bad[0], [])) < 5:

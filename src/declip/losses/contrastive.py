@@ -12,7 +12,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..distributed import gather_no_grad, gather_with_grad, get_rank
-from ..models.towers import logit_scale_value
+
+
+LOGIT_SCALE_CAP = 100.0
+
+
+def logit_scale_value(clip: nn.Module) -> torch.Tensor:
+    """exp(logit_scale) capped at 100 on the VALUE only, as in the reference: the gradient is that of the
+    uncapped exp(), so a parameter above log(100) (possible between the clamps, or with the clamp off) still
+    gets a gradient and can come back down. A hard ``clamp(max=100)`` would give it a zero gradient."""
+    scale = clip.logit_scale.exp()
+    return scale - (scale - LOGIT_SCALE_CAP).clamp(min=0).detach()
 
 
 def local_labels(batch: int, device, offset: int) -> torch.Tensor:

@@ -86,17 +86,6 @@ def clamp_logit_scale(clip: CustomTextCLIP, floor: float) -> None:
     clip.logit_scale.clamp_(floor, LOGIT_SCALE_MAX)
 
 
-LOGIT_SCALE_CAP = 100.0
-
-
-def logit_scale_value(clip: CustomTextCLIP) -> torch.Tensor:
-    """exp(logit_scale) capped at 100 on the VALUE only, as in the reference: the gradient is that of the
-    uncapped exp(), so a parameter above log(100) (possible between the clamps, or with the clamp off) still
-    gets a gradient and can come back down. A hard ``clamp(max=100)`` would give it a zero gradient."""
-    scale = clip.logit_scale.exp()
-    return scale - (scale - LOGIT_SCALE_CAP).clamp(min=0).detach()
-
-
 def encode_image_with_trunk(clip: CustomTextCLIP, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One image forward giving the embedding and the feature before the projection, which SLIP's SimCLR head
     reads (the reference's ``feature_dim``: 768 for ViT-B/32, 2048 for RN50). ViT: the pooled, ln_post'ed

@@ -72,7 +72,7 @@ class Trainer:
         torch.manual_seed(tr.seed)  # identical initial weights on every rank
         self.method = build_method(cfg).to(self.device)
         if cfg.model.init_from and state is None:  # a resumed run's weights are its checkpoint's
-            from ..pretrained import init_towers
+            from ..models.pretrained import init_towers
 
             for line in init_towers(self.method, cfg.model.init_from):
                 if self.info.is_main:

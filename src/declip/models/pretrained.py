@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError
-from .export import CONFIG_NAME, WEIGHTS_NAME, tower_state_dict
+from ..errors import CheckpointError
+from .open_clip_files import CONFIG_NAME, WEIGHTS_NAME, tower_state_dict
 
 OPENCLIP_PREFIX = "openclip:"
 LOCAL_DIR_PREFIX = "local-dir:"

@@ -1,0 +1,29 @@
+"""What ``declip data check`` and ``declip data shard`` share: an ordered parallel map over a manifest's lines,
+and the ``file:line`` prefix of a reported problem. Its own module so that the caption checks (tools.py) and the
+labelled checks (labelled.py) both use it without importing each other."""
+from __future__ import annotations
+
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator
+
+
+def ordered(fn: Callable, n: int, threads: int, progress: bool, desc: str) -> Iterator:
+    """``fn(i)`` for i in range(n), in order, on ``threads`` threads, with at most a few chunks in flight."""
+    from tqdm import tqdm
+
+    chunk = max(64, 64 * threads)
+    bar = tqdm(total=n, desc=desc, disable=not (progress and sys.stderr.isatty()), dynamic_ncols=True,
+               mininterval=1, file=sys.stderr, leave=False)  # cleared on close: the report below is what stays
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for lo in range(0, n, chunk):
+            for r in pool.map(fn, range(lo, min(n, lo + chunk))):
+                yield r
+                bar.update(1)
+    bar.close()
+
+
+def at_line(src, index: int, detail: str) -> str:
+    """``detail`` prefixed with ``file:line`` of ``src``'s line ``index`` (once: a detail may carry it already)."""
+    prefix = f"{src.path}:{index + 1}"
+    return detail if detail.startswith(prefix) else f"{prefix}: {detail}"
