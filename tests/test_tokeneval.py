@@ -82,7 +82,8 @@ def pair_score_by_hand(clip, heads, pixels, ids):
     return plain_i2t(image, text, length), plain_t2i(text, length, image)
 
 
-def test_eval_filip_checkpoint_tokenwise(tiny_cfg, capsys):
+@pytest.mark.parametrize("name", ["filip", "defilip"])
+def test_eval_filip_checkpoint_tokenwise(tiny_cfg, capsys, name):
     from declip.cli import main as cli_main
     from declip.data.device_augment import normalize_on_device
     from declip.data.tokenizer import tokenize
@@ -95,7 +96,7 @@ def test_eval_filip_checkpoint_tokenwise(tiny_cfg, capsys):
     from helpers import metrics
 
     # the trainer's own end-of-run evaluation scores token-wise (the method hands it its dense heads)
-    cfg = tiny_cfg("method.name=filip", "eval.similarity=token", "eval.tasks=[zeroshot,retrieval]", small=True)
+    cfg = tiny_cfg(f"method.name={name}", "eval.similarity=token", "eval.tasks=[zeroshot,retrieval]", small=True)
     train(cfg)
     assert metrics(cfg.train.output_dir, "eval")[-1]["builtin/top1"] >= 0
     ckpt = str(list_checkpoints(cfg.train.output_dir)[-1][1])
@@ -126,7 +127,7 @@ def test_eval_filip_checkpoint_tokenwise(tiny_cfg, capsys):
         assert float(rows[len(captions) + j]) == pytest.approx(t2i, abs=1e-5)
 
 
-def test_token_eval_of_a_clip_checkpoint_is_a_one_line_error(tiny_cfg, capsys):
+def test_token_eval_of_a_clip_checkpoint_or_an_export_is_a_one_line_error(tiny_cfg, tmp_path, capsys):
     from declip.cli import main as cli_main
     from declip.train.checkpoint import list_checkpoints
     from declip.train.trainer import train
@@ -140,3 +141,6 @@ def test_token_eval_of_a_clip_checkpoint_is_a_one_line_error(tiny_cfg, capsys):
     assert len(err.splitlines()) == 1 and "eval.similarity" in err and "method.name=clip" in err
     assert cli_main(["eval", "--checkpoint", ckpt, "model.embed_dim=8"]) == 2  # only eval.* keys here
     assert "eval.KEY=VALUE overrides only" in capsys.readouterr().err
+    assert cli_main(["eval", "--checkpoint", str(tmp_path), "--similarity", "token"]) == 1  # e.g. an export folder
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "an exported open_clip model has no dense heads" in err

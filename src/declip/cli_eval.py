@@ -146,12 +146,19 @@ def _evaluate(args) -> dict:
     from .device import resolve_device
     from .metric_names import BUILTIN_SET
     from .eval.suite import _has_files, run_evaluation
+    from .errors import CheckpointError
     from .export import load_towers
 
     device = resolve_device(args.device or "auto")
-    clip, ckpt_cfg, state = load_towers(args.checkpoint, device)
-    over, sources = eval_overrides(args)
     keyed, keyed_sources = key_value_overrides(args.overrides)
+    try:
+        clip, ckpt_cfg, state = load_towers(args.checkpoint, device)
+    except CheckpointError as e:
+        if "token" not in (args.similarity, keyed.get("similarity")):
+            raise
+        raise CheckpointError(f"{e}; eval.similarity=token reads a declip checkpoint (ckpt_*.pt / best.pt of "
+                              "filip or defilip): an exported open_clip model has no dense heads") from e
+    over, sources = eval_overrides(args)
     if args.similarity:
         sources["eval.similarity"] = "command line (--similarity)"
     tree = ckpt_cfg.to_dict()

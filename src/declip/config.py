@@ -482,10 +482,11 @@ def validate(cfg: Config, sources: dict[str, str] | None = None) -> None:
     check(not cfg.data.second_view_crop_scale or cfg.method.name not in ("clip", "filip"),
           "data.second_view_crop_scale", f"method.name={cfg.method.name} trains on one image view; set data.crop_scale instead")
     dense = cfg.method.name in ("filip", "defilip") and cfg.method.filip_weight > 0
+    why = f"method.name={cfg.method.name} has none" if cfg.method.name not in ("filip", "defilip") else \
+        "method.filip_weight=0 builds none"
     check(cfg.eval.similarity == "global" or dense, "eval.similarity",
-          f"token needs FILIP's dense heads, which method.name={cfg.method.name} with method.filip_weight="
-          f"{cfg.method.filip_weight:g} does not train (only filip/defilip with method.filip_weight > 0 do; an "
-          "exported open_clip model has none either); use eval.similarity=global")
+          f"token needs FILIP's dense heads and {why} (only filip/defilip with method.filip_weight > 0 train "
+          "them; an exported open_clip model has none either); use eval.similarity=global")
 
 
 def dump_config(cfg: Config) -> str:
