@@ -53,9 +53,14 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-jpeg-draft", action="store_true",
                    help="decode JPEGs at full size (eval.jpeg_draft=false), as CLIP_benchmark does; default: "
                         "large JPEGs at reduced DCT scale, as training does (retrieval R@1 can move ~1 point)")
+    p.add_argument("--similarity", default=None, choices=("global", "token"),
+                   help="token: FILIP's token-wise similarity for zero-shot and retrieval (filip/defilip "
+                        "checkpoints; eval.similarity); default: the checkpoint's eval.similarity (global)")
     p.add_argument("--brief", action="store_true", help="one line per set instead of the JSON metrics")
     p.add_argument("--write-builtin", default=None, metavar="DIR",
                    help="write the built-in held-out sets as manifests + PNGs to DIR and exit")
+    p.add_argument("overrides", nargs="*", metavar="eval.KEY=VALUE",
+                   help="eval.* overrides after the flags, e.g. eval.similarity=token eval.max_images=500")
 
 
 def _tasks(args) -> list[str]:
@@ -91,8 +96,26 @@ def eval_overrides(args) -> tuple[dict, dict[str, str]]:
 
 def _runtime(args) -> dict:
     names = {"max_images": args.max_images, "batch_size": args.batch_size, "num_workers": args.num_workers,
-             "jpeg_draft": False if args.no_jpeg_draft else None}
+             "jpeg_draft": False if args.no_jpeg_draft else None, "similarity": args.similarity}
     return {k: v for k, v in names.items() if v is not None}
+
+
+def key_value_overrides(items: list[str]) -> tuple[dict, dict[str, str]]:
+    """(eval.* values, their sources) from ``eval.KEY=VALUE`` arguments. Only the eval section: the model and
+    the method are the checkpoint's."""
+    from .config import ConfigError
+    from .config_parse import parse_override
+
+    over, sources = {}, {}
+    for item in items:
+        key, value = parse_override(item)
+        section, _, name = key.partition(".")
+        if section != "eval" or not name or "." in name:
+            raise ConfigError(f"command line: {item!r}: declip eval takes eval.KEY=VALUE overrides only (the "
+                              "model and method are the checkpoint's), e.g. eval.similarity=token")
+        over[name] = value
+        sources[key] = f"command line ({item})"
+    return over, sources
 
 
 def run_eval_command(args) -> int:
@@ -123,14 +146,29 @@ def _evaluate(args) -> dict:
     from .device import resolve_device
     from .metric_names import BUILTIN_SET
     from .eval.suite import _has_files, run_evaluation
+    from .errors import CheckpointError
     from .export import load_towers
 
     device = resolve_device(args.device or "auto")
-    clip, ckpt_cfg, _ = load_towers(args.checkpoint, device)
+    keyed, keyed_sources = key_value_overrides(args.overrides)
+    try:
+        clip, ckpt_cfg, state = load_towers(args.checkpoint, device)
+    except CheckpointError as e:
+        if "token" not in (args.similarity, keyed.get("similarity")):
+            raise
+        raise CheckpointError(f"{e}; eval.similarity=token reads a declip checkpoint (ckpt_*.pt / best.pt of "
+                              "filip or defilip): an exported open_clip model has no dense heads") from e
     over, sources = eval_overrides(args)
+    if args.similarity:
+        sources["eval.similarity"] = "command line (--similarity)"
     tree = ckpt_cfg.to_dict()
-    tree["eval"].update({**over, **_runtime(args)})
-    cfg = config_from_dict(tree, sources)  # ConfigError names the flag
+    tree["eval"].update({**over, **_runtime(args), **keyed})
+    cfg = config_from_dict(tree, {**sources, **keyed_sources})  # ConfigError names the flag
+    dense = None
+    if cfg.eval.similarity == "token":
+        from .eval.tokenwise import load_dense_heads
+
+        dense = load_dense_heads(state, cfg, clip, args.checkpoint).to(device)
     idle = [t for t in cfg.eval.tasks if not _has_files(cfg, t) and not cfg.eval.builtin]
     if idle:
         from .eval.common import EvalDataError
@@ -138,7 +176,7 @@ def _evaluate(args) -> dict:
         raise EvalDataError(f"--task {idle[0]} has no data: give its files (zeroshot: --val-manifest/--val-root; "
                             f"retrieval: --captions/--root; linear-probe: --train-manifest/--test-manifest) or "
                             f"--builtin for the built-in set ({BUILTIN_SET[idle[0]]}/)")
-    return run_evaluation(clip, cfg, device)
+    return run_evaluation(clip, cfg, device, dense=dense)
 
 
 def format_results(results: dict) -> str:

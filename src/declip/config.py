@@ -338,6 +338,9 @@ class EvalConfig:
     # decode a JPEG that is over twice the input side at reduced DCT scale (fast, as training does); false =
     # exact full-size decoding, as CLIP_benchmark does (moves retrieval R@1 by ~1 point on photos)
     jpeg_draft: bool = True
+    # zero-shot and retrieval scores: global = cosine of the pooled features; token = FILIP's token-wise late
+    # interaction through the checkpoint's dense heads (filip/defilip with method.filip_weight > 0; eval/tokenwise.py)
+    similarity: Literal["global", "token"] = "global"
 
     def validate(self, check: Check) -> None:
         check(self.every >= 0, "eval.every", "must be >= 0")
@@ -469,6 +472,12 @@ def validate(cfg: Config, sources: dict[str, str] | None = None) -> None:
         section.validate(check)
     check(not cfg.data.second_view_crop_scale or cfg.method.name not in ("clip", "filip"),
           "data.second_view_crop_scale", f"method.name={cfg.method.name} trains on one image view; set data.crop_scale instead")
+    dense = cfg.method.name in ("filip", "defilip") and cfg.method.filip_weight > 0
+    why = f"method.name={cfg.method.name} has none" if cfg.method.name not in ("filip", "defilip") else \
+        "method.filip_weight=0 builds none"
+    check(cfg.eval.similarity == "global" or dense, "eval.similarity",
+          f"token needs FILIP's dense heads and {why} (only filip/defilip with method.filip_weight > 0 train "
+          "them; an exported open_clip model has none either); use eval.similarity=global")
 
 
 def dump_config(cfg: Config) -> str:

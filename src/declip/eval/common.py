@@ -142,7 +142,8 @@ def _collate(items):
 
 @dataclass
 class Features:
-    """Normalised features of the readable items: ``feats[j]`` belongs to item ``index[j]``."""
+    """Normalised features (or token-wise score rows) of the readable items: ``feats[j]`` belongs to item
+    ``index[j]``."""
 
     feats: torch.Tensor
     index: torch.Tensor
@@ -168,8 +169,13 @@ def eval_mode(model: torch.nn.Module):
 
 
 def image_features(clip, images: EvalImages, device, batch_size: int = 128, num_workers: int = 0,
-                   what: str = "images") -> Features:
-    """Encode every readable image; unreadable ones are counted by skip reason (first examples logged)."""
+                   what: str = "images", encode: Callable | None = None) -> Features:
+    """Encode every readable image; unreadable ones are counted by skip reason (first examples logged).
+    ``encode(pixels) -> [B, ...]`` replaces the normalised global feature: token-wise scoring keeps only each
+    batch's score rows (eval/tokenwise.py) instead of every image's tokens."""
+    if encode is None:
+        def encode(pixels):
+            return F.normalize(clip.encode_image(pixels).float(), dim=-1)
     loader = DataLoader(images, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
     feats, index, skips, examples = [], [], Counter(), []
     with eval_mode(clip):
@@ -181,7 +187,7 @@ def image_features(clip, images: EvalImages, device, batch_size: int = 128, num_
             if batch is not None:
                 # uint8 crops from the CPU are normalised where they run; a finished float batch passes as it is
                 pixels = normalize_on_device(batch, device) if batch.dtype == torch.uint8 else batch.to(device)
-                feats.append(F.normalize(clip.encode_image(pixels).float(), dim=-1).cpu())
+                feats.append(encode(pixels).float().cpu())
                 index.append(idx)
     if skips:
         log.warning("%s: %d unreadable image(s) %s, e.g. %s", what, sum(skips.values()), dict(skips), examples[0])

@@ -9,6 +9,9 @@ image: images are de-duplicated by filename, each caption is a query of its own.
 Captions per image may come as several lines with the same ``filename`` (COCO/Flickr style) or as a list in
 ``caption``. Unusable captions (empty, no Latin letter) are skipped and counted as in training; an unreadable
 image takes its captions with it (they would be unanswerable queries), counted under ``unreadable``.
+
+``eval.similarity=token`` (FILIP/DeFILIP): image -> text ranks by the i2t token-wise similarity, text -> image
+by the t2i one (eval/tokenwise.py).
 """
 from __future__ import annotations
 
@@ -18,20 +21,25 @@ from ..config import Config
 from ..data.decode import check_caption
 from ..data.errors import BadSample
 from ..data.views import eval_transform_uint8
-from .common import (EvalDataError, EvalImages, check_root, counts, file_images, image_features, read_manifest,
-                     text_features)
+from .common import (EvalDataError, EvalImages, check_root, counts, file_images, image_features,
+                     read_manifest, text_features)
+from .tokenwise import TokenTowers, retrieval_scorer
 
 KS = (1, 5, 10)
 
 
-def recall_at_k(sim: torch.Tensor, text_image: torch.Tensor, ks=KS) -> dict[str, float]:
+def recall_at_k(sim: torch.Tensor, text_image: torch.Tensor, ks=KS, sim_i2t: torch.Tensor | None = None
+                ) -> dict[str, float]:
     """Percentages from ``sim`` [T texts, I images] and ``text_image`` [T] (the image index of each text).
-    Ties are broken by index (torch.topk), which only matters for degenerate features."""
+    ``sim_i2t`` [I, T] ranks the captions of each image when the two directions score differently (token-wise
+    i2t vs t2i); default ``sim.T``. Ties are broken by index (torch.topk), which only matters for degenerate
+    features."""
     n_text, n_image = sim.shape
+    sim_i2t = sim.T if sim_i2t is None else sim_i2t
     positive = text_image[None, :] == torch.arange(n_image)[:, None]  # [I, T]: text t describes image i
     out = {}
     for k in ks:
-        top_texts = sim.T.topk(min(k, n_text), dim=1).indices  # [I, k]
+        top_texts = sim_i2t.topk(min(k, n_text), dim=1).indices  # [I, k]
         out[f"i2t_r{k}"] = 100.0 * positive.gather(1, top_texts).any(dim=1).float().mean().item()
     for k in ks:
         top_images = sim.topk(min(k, n_image), dim=1).indices  # [T, k]
@@ -70,7 +78,10 @@ def group_captions(records: list[dict], where: str) -> tuple[list[str], list[lis
 
 def retrieve(clip, images: EvalImages, captions: list[list[str]], device, batch_size=128, num_workers=0,
              context_length=77, what="retrieval") -> dict[str, float]:
-    """Recall@k of ``images`` (item i described by ``captions[i]``) plus readable/unreadable counts."""
+    """Recall@k of ``images`` (item i described by ``captions[i]``) plus readable/unreadable counts.
+    Towers with FILIP's dense heads (``eval.similarity=token``) score token-wise: :func:`retrieve_tokenwise`."""
+    if isinstance(clip, TokenTowers):
+        return retrieve_tokenwise(clip, images, captions, device, batch_size, num_workers, context_length, what)
     feats = image_features(clip, images, device, batch_size, num_workers, what)
     kept = feats.index.tolist()
     texts = [c for i in kept for c in captions[i]]
@@ -78,6 +89,22 @@ def retrieve(clip, images: EvalImages, captions: list[list[str]], device, batch_
     tfeats = text_features(clip, texts, device, 256, context_length)
     res = retrieval_metrics(feats.feats, tfeats, text_image)
     return {**res, "texts": len(texts), **counts(feats, 0)}
+
+
+def retrieve_tokenwise(towers, images: EvalImages, captions: list[list[str]], device, batch_size=128,
+                       num_workers=0, context_length=77, what="retrieval") -> dict[str, float]:
+    """:func:`retrieve` with i2t / t2i token-wise scores. Every caption is encoded first (the images stream
+    past them, so only score rows are kept); the captions of unreadable images are then dropped."""
+    texts = [c for caps in captions for c in caps]
+    owner = torch.tensor([i for i, caps in enumerate(captions) for _ in caps], dtype=torch.long)
+    encode = retrieval_scorer(towers, texts, device, context_length)
+    feats = image_features(towers, images, device, batch_size, num_workers, what, encode=encode)
+    keep = torch.isin(owner, feats.index)
+    i2t, t2i = feats.feats[:, :len(texts)][:, keep], feats.feats[:, len(texts):][:, keep]
+    row = torch.full((len(captions),), -1, dtype=torch.long)
+    row[feats.index] = torch.arange(feats.index.numel())
+    res = recall_at_k(t2i.T, row[owner[keep]], sim_i2t=i2t)
+    return {**res, "texts": int(keep.sum()), **counts(feats, 0)}
 
 
 def retrieval_manifest(clip, cfg: Config, device) -> dict[str, float]:

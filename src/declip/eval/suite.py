@@ -5,7 +5,8 @@ its built-in set and returns one flat dict ``{"builtin/top1": 41.2, "retrieval/i
 :mod:`declip.metric_names`), which the trainer writes to metrics.jsonl and TensorBoard as it is.
 ``best_metric(results, cfg)`` says which number decides ``best.pt``.
 
-A checkpoint's towers alone (no SimSiam/MLM heads, no NN queue) come from :func:`declip.export.load_towers`.
+A checkpoint's towers alone (no SimSiam/MLM heads, no NN queue) come from :func:`declip.export.load_towers`;
+FILIP's dense heads, for ``eval.similarity=token``, from :func:`declip.eval.tokenwise.load_dense_heads`.
 """
 from __future__ import annotations
 
@@ -43,9 +44,15 @@ def _has_files(cfg: Config, task: str) -> bool:
                  "linear-probe": ev.probe_train_manifest}[task])
 
 
-def run_evaluation(clip, cfg: Config, device, tasks=None) -> dict[str, float]:
+def run_evaluation(clip, cfg: Config, device, tasks=None, dense=None) -> dict[str, float]:
     """All configured evaluations of ``clip`` (eval mode, no autograd; the caller's mode is restored).
-    ``tasks`` overrides ``eval.tasks``. Raises :class:`EvalDataError` for unusable inputs."""
+    ``tasks`` overrides ``eval.tasks``. ``dense``: FILIP's dense heads, read when ``eval.similarity=token``
+    (zero-shot and retrieval score token-wise; the linear probe keeps the global features). Raises
+    :class:`EvalDataError` for unusable inputs."""
+    if cfg.eval.similarity == "token":
+        from .tokenwise import token_towers
+
+        clip = token_towers(clip, dense)
     out: dict[str, float] = {}
     for task in tasks or cfg.eval.tasks:
         if _has_files(cfg, task):

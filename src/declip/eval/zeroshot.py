@@ -1,7 +1,8 @@
 """Zero-shot classification on the built-in task or any labelled manifest.
 
 The classifier is open_clip's builder (per class: prompt embeddings L2-normalised, averaged, renormalised);
-images are scored by cosine similarity. Reported: top-1, top-5, balanced top-1 (mean of per-class recalls, the
+images are scored by cosine similarity, or with ``eval.similarity=token`` by FILIP's token-wise similarity
+averaged over the prompts (eval/tokenwise.py). Reported: top-1, top-5, balanced top-1 (mean of per-class recalls, the
 honest number when classes are imbalanced), chance (100 / classes) and the majority-class rate (what always
 answering the most frequent class would score), so a number can be judged without knowing the data.
 
@@ -34,6 +35,7 @@ from ..data.tokenizer import tokenize
 from ..data.views import eval_transform_uint8
 from .common import (EvalDataError, EvalImages, Manifest, check_root, counts, eval_mode, file_images,
                      image_features, read_manifest)
+from .tokenwise import TokenTowers, zero_shot_scorer
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +59,21 @@ def zero_shot_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: i
 
 def classify(clip, images: EvalImages, labels: list[int], classnames, templates, device, batch_size=128,
              num_workers=0, context_length=77, what="zero-shot") -> dict[str, float]:
-    """Zero-shot metrics of ``images`` (item i has label ``labels[i]``), plus the readable/unreadable counts."""
-    with eval_mode(clip):
-        classifier = build_zero_shot_classifier(
-            clip, lambda texts: tokenize(list(texts), context_length), list(classnames), list(templates),
-            num_classes_per_batch=10, device=device).float().cpu()
-    feats = image_features(clip, images, device, batch_size, num_workers, what)
+    """Zero-shot metrics of ``images`` (item i has label ``labels[i]``), plus the readable/unreadable counts.
+    Towers with FILIP's dense heads (:class:`TokenTowers`, ``eval.similarity=token``) score token-wise."""
+    if isinstance(clip, TokenTowers):
+        encode = zero_shot_scorer(clip, classnames, templates, device, context_length)
+        feats = image_features(clip, images, device, batch_size, num_workers, what, encode=encode)
+        logits = feats.feats
+    else:
+        with eval_mode(clip):
+            classifier = build_zero_shot_classifier(
+                clip, lambda texts: tokenize(list(texts), context_length), list(classnames), list(templates),
+                num_classes_per_batch=10, device=device).float().cpu()
+        feats = image_features(clip, images, device, batch_size, num_workers, what)
+        logits = feats.feats @ classifier
     y = torch.tensor(labels, dtype=torch.long)[feats.index]
-    return {**zero_shot_metrics(feats.feats @ classifier, y, len(classnames)), **counts(feats, 0)}
+    return {**zero_shot_metrics(logits, y, len(classnames)), **counts(feats, 0)}
 
 
 # -------------------------------------------------------------------------------- prompts and classes

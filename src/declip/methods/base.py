@@ -35,6 +35,12 @@ class Method(nn.Module):
     def forward(self, batch: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    def eval_heads(self) -> nn.Module | None:
+        """The heads evaluation reads beside the towers: FILIP's dense heads (``eval.similarity=token``) for the
+        methods that train them (``self.dense``, a DenseTerm), else None. The trainer passes them on unopened."""
+        dense = getattr(self, "dense", None)
+        return dense.heads if dense is not None else None
+
     @torch.no_grad()
     def after_step(self, applied: torch.Tensor | None = None) -> None:
         """Called after every optimizer step: the reference clamps log(logit scale) into [3, 6] (the floor is

@@ -187,7 +187,7 @@ class Trainer:
                 if bad:
                     log.warning("skipping evaluation at step %d: non-finite weights in %s", self.step, bad[:3])
                 else:
-                    results = run_evaluation(self.method.clip, self.cfg, self.device)
+                    results = run_evaluation(self.method.clip, self.cfg, self.device, dense=self.method.eval_heads())
                 if results:
                     self.writer.write(self.step, results, kind="eval")
                     log.info("eval @ step %d: %s", self.step, headline(results))
