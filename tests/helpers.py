@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
+import shlex
 from pathlib import Path
 from types import ModuleType
 
@@ -50,6 +52,28 @@ def write_tiny_config(path: Path, *overrides: str, small: bool = False) -> Path:
     """The tiny config as a complete YAML file, for ``declip train --config`` in a subprocess."""
     path.write_text(dump_config(tiny_config(*overrides, small=small)))
     return path
+
+
+# -------------------------------------------------------------------------------------------- README
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_section(title: str) -> str:
+    """The text of the README's ``## title`` section (up to the next ``## ``)."""
+    return README.read_text(encoding="utf-8").split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def readme_commands(section: str, program: str = "declip") -> list[list[str]]:
+    """Every ``program ...`` command of the section's ```bash blocks, as argv lists (program name dropped),
+    a line ending in a backslash joined with the next one, as the shell joins them: the README's commands as a
+    reader would paste them."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", section, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            argv = shlex.split(line)
+            if argv and argv[0] == program:
+                commands.append(argv[1:])
+    return commands
 
 
 # ------------------------------------------------------------------------------------------- metrics

@@ -2,10 +2,10 @@
 start whose test command is the one CI runs, shows a train command that loads as written, and every docs/ page it
 links exists. Everything longer lives in docs/, which these checks keep reachable."""
 import re
-import shlex
 from pathlib import Path
 
 from declip.config import load_config
+from helpers import readme_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -64,9 +64,9 @@ def _recipe_path(name: str) -> Path:
 
 def test_readme_own_data_train_command_loads_as_written():
     section = _section(_text(), "Train on your own data")
-    commands = re.findall(r"```bash\n(declip train [^\n]*)\n```", section)
+    commands = [argv for argv in readme_commands(section) if argv[0] == "train"]
     assert commands, section[:300]
-    argv = shlex.split(commands[0])[2:]
+    argv = commands[0][1:]
     assert argv[0] == "--config", argv
     overrides = [a for a in argv[2:] if "=" in a and not a.startswith("--")]
     cfg = load_config(_recipe_path(argv[1]), overrides)

@@ -1,0 +1,76 @@
+"""The README's "Train on your own data" section, run as written (issue 31): its `declip` commands are parsed
+from the README, so a change there that breaks the path breaks this test. They run in order on a small
+generated set (scripts/make_shapes_data.py, the file names the README uses), with the recipe picked by its
+shipped name and the tiny model appended (tests/helpers.py TINY wins over the README's sizes and steps): check
+the data, train, evaluate zero-shot and retrieval, export, and load the export in open_clip."""
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from helpers import TINY, readme_commands, readme_section
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+ROOT = Path(__file__).resolve().parents[1]
+# Evaluation in-process and without worker processes: the point is the path, not the loader.
+FAST = ["eval.num_workers=0", "eval.batch_size=32"]
+
+
+def _make_shapes_data():
+    spec = importlib.util.spec_from_file_location("make_shapes_data", ROOT / "scripts" / "make_shapes_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.write_shapes_data
+
+
+def _by_command(commands: list[list[str]]) -> dict[str, list[str]]:
+    """The first command of each kind: 'data' (check), 'train', 'eval', 'export'."""
+    found = {}
+    for argv in commands:
+        found.setdefault(argv[0], argv)
+    return found
+
+
+def test_readme_own_data_commands_run_as_written(tmp_path, monkeypatch, capsys):
+    import open_clip
+
+    from declip.cli import main
+
+    section = readme_section("Train on your own data")
+    commands = _by_command(readme_commands(section))
+    assert set(commands) >= {"data", "train", "eval", "export"}, commands
+    assert "make_shapes_data.py" in section  # the README says where the example data comes from
+
+    _make_shapes_data()(tmp_path, pairs=48, labelled=20, captions=10)
+    monkeypatch.chdir(tmp_path)  # the README's paths are relative to the data folder
+
+    check = commands["data"]
+    assert check[:2] == ["data", "check"], check
+    assert main(check) == 0
+    assert "ok: 48" in capsys.readouterr().out
+
+    train = commands["train"]
+    assert train[train.index("--config") + 1] == "declip_small_data"  # by its shipped name, not a path
+    assert main([*train, *TINY, *FAST]) == 0
+    summary = capsys.readouterr().out
+    assert "last zero-shot top-1 (eval.val_manifest, 20 held-out images)" in summary, summary
+
+    evaluate = commands["eval"]
+    checkpoint = Path(evaluate[evaluate.index("--checkpoint") + 1])
+    assert checkpoint.is_file(), f"the README evaluates {checkpoint}, which the train command did not write"
+    assert main([*evaluate, "--num-workers", "0"]) == 0
+    lines = capsys.readouterr().out
+    zeroshot = re.search(r"^val: top1=([\d.]+) .*images=20 ", lines, re.M)
+    retrieval = re.search(r"^retrieval: i2t_r1=([\d.]+) .* images=10 ", lines, re.M)
+    assert zeroshot and retrieval, lines
+    assert 0 <= float(zeroshot.group(1)) <= 100 and 0 <= float(retrieval.group(1)) <= 100
+
+    export = commands["export"]
+    assert main(export) == 0
+    out = Path(export[-1]).resolve()
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")
+    config = json.loads((out / "open_clip_config.json").read_text())
+    assert config["model_cfg"]["vision_cfg"]["image_size"] == 32
+    assert model.visual.output_dim == config["model_cfg"]["embed_dim"]
