@@ -46,7 +46,9 @@ def test_declip_configs_lists_each_recipe_with_its_line(capsys):
     assert cli_main(["configs"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
     assert RECIPES <= set(lines)
-    assert "The built-in demo" in lines["demo"] and "General defaults" in lines["own_data"]
+    assert "The built-in demo" in lines["demo"] and "Defaults for your own data" in lines["own_data"]
+    assert "DeCLIP for ~1,000 pairs" in lines["declip_small_data"]  # a '# summary:' line wins over the first one
+    assert "DeCLIP vitb32 on YFCC15M" in lines["declip_vitb32_yfcc15m"]  # else the first comment line
 
 
 def test_config_show_marks_where_each_value_came_from(capsys):
