@@ -33,10 +33,20 @@ OTHER_ROWS = [("SLIP", "slip", []), ("CLIP sigmoid", "clip", ["method.contrastiv
               ("DeFILIP", "defilip", [])]  # issue 29: the family's cost beside CLIP's, same towers, batch, steps
 
 
-def make(method: str, preset: str, batch: int, extra: list[str]):
+# the ViT-B/32 reference recipes whose FLOPs --reference-flops counts: (row label, recipe, its overrides)
+REFERENCE_ROWS = [("CLIP", "clip_vitb32_yfcc15m", []), ("DeCLIP", "declip_vitb32_yfcc15m", []),
+                  ("SLIP", "slip_vitb32_yfcc15m", []),
+                  ("CLIP sigmoid", "clip_vitb32_yfcc15m", ["method.contrastive_loss=sigmoid"]),
+                  ("DeCLIP sigmoid", "declip_vitb32_yfcc15m", ["method.contrastive_loss=sigmoid"]),
+                  ("FILIP", "filip_vitb32_yfcc15m", []), ("DeFILIP", "defilip_vitb32_yfcc15m", [])]
+ON_BUILTIN_DATA = ["data.source=builtin", "data.num_workers=0", "eval.val_manifest=", "eval.val_root="]
+
+
+def make(method: str, preset: str, batch: int, extra: list[str], recipe: str = ""):
     preset_override = [f"model.preset={preset}"] if preset else []
-    cfg = load_config(demo_config_path(), [f"method.name={method}", *preset_override, f"train.batch_size={batch}",
-                                           *extra])
+    method_override = [] if recipe else [f"method.name={method}"]
+    cfg = load_config(recipe or demo_config_path(), [*method_override, *preset_override,
+                                                     f"train.batch_size={batch}", *extra])
     torch.manual_seed(0)
     model = build_method(cfg)
     spec = model.data_spec(cfg)
@@ -71,6 +81,51 @@ def measure(method, preset, batch, steps, extra):
     return statistics.median(times), flops
 
 
+def reference_flops(batch: int) -> list[str]:
+    """Model FLOPs of one forward + backward per image for each method's ViT-B/32 reference recipe (224 px,
+    77-token captions, the recipe's own heads, views and weights), counted on ``batch`` generated pairs."""
+    rows = ["| method (ViT-B/32 recipe) | GFLOP / image (fwd+bwd) | x CLIP |", "|---|---|---|"]
+    clip = None
+    for label, recipe, extra in REFERENCE_ROWS:
+        model, _, batches = make("", "", batch, [*ON_BUILTIN_DATA, *extra], recipe)
+        with FlopCounterMode(display=False) as counter:
+            losses, _ = model(batches[0])
+            sum(losses.values()).backward()
+        per_image = counter.get_total_flops() / batch
+        clip = clip or per_image
+        rows.append(f"| {label} (`{recipe}`{' ' + ' '.join(extra) if extra else ''}) | {per_image / 1e9:.1f} | "
+                    f"{per_image / clip:.2f} |")
+    return rows
+
+
+def rss_mib() -> float:
+    """This process's resident memory now (Linux /proc), in MiB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def measure_with_memory(method, preset, batch, steps, extra) -> tuple[float, float, float]:
+    """:func:`measure` in a forked child, which also reports its peak memory over the RSS it started with (the
+    model, optimizer state, batches and the step's activations: what this method adds). A child per method, so
+    one method's peak never hides another's. Linux starts a forked child's peak at its RSS at the fork."""
+    import multiprocessing as mp
+    import resource
+
+    ctx = mp.get_context("fork")
+    results = ctx.Queue()
+
+    def child():
+        base = rss_mib()
+        t, f = measure(method, preset, batch, steps, extra)
+        results.put((t, f, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base))
+
+    proc = ctx.Process(target=child)
+    proc.start()
+    out = results.get()
+    proc.join()
+    return out
+
+
 def cpu_name() -> str:
     try:
         for line in open("/proc/cpuinfo"):
@@ -87,22 +142,30 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--out", default="")
+    p.add_argument("--reference-flops", action="store_true",
+                   help="only count the FLOPs of each method's ViT-B/32 reference recipe (no timing)")
     p.add_argument("overrides", nargs="*", help="extra key=value config overrides for both methods")
     a = p.parse_args()
-    t_clip, f_clip = measure("clip", a.preset, a.batch, a.steps, a.overrides)
-    t_declip, f_declip = measure("declip", a.preset, a.batch, a.steps, a.overrides)
-    others = [(label, *measure(method, a.preset, a.batch, a.steps, [*a.overrides, *extra]))
+    if a.reference_flops:
+        cmd = "python " + " ".join([sys.argv[0], *sys.argv[1:]])
+        emit("\n".join(["## Model FLOPs of the ViT-B/32 reference recipes", "", f"Command: `{cmd}`", "",
+                        *reference_flops(a.batch), ""]), a.out)
+        return
+    t_clip, f_clip, m_clip = measure_with_memory("clip", a.preset, a.batch, a.steps, a.overrides)
+    t_declip, f_declip, m_declip = measure_with_memory("declip", a.preset, a.batch, a.steps, a.overrides)
+    others = [(label, *measure_with_memory(method, a.preset, a.batch, a.steps, [*a.overrides, *extra]))
               for label, method, extra in OTHER_ROWS]
     time_ratio, flop_ratio = t_declip / t_clip, f_declip / f_clip
     gap = time_ratio / flop_ratio - 1
     rows = [
-        "| method | median step (s) | GFLOP / step (fwd+bwd) | images/s | achieved GFLOP/s |",
-        "|---|---|---|---|---|",
-        f"| CLIP | {t_clip:.4f} | {f_clip / 1e9:.2f} | {a.batch / t_clip:.1f} | {f_clip / t_clip / 1e9:.1f} |",
-        f"| DeCLIP | {t_declip:.4f} | {f_declip / 1e9:.2f} | {a.batch / t_declip:.1f} | "
-        f"{f_declip / t_declip / 1e9:.1f} |",
+        "| method | median step (s) | GFLOP / step (fwd+bwd) | images/s | achieved GFLOP/s | peak memory (MiB) |",
+        "|---|---|---|---|---|---|",
+        f"| CLIP | {t_clip:.4f} | {f_clip / 1e9:.2f} | {a.batch / t_clip:.1f} | {f_clip / t_clip / 1e9:.1f} | "
+        f"{m_clip:.0f} |",
+        f"| DeCLIP (x{t_declip / t_clip:.2f} CLIP's time, x{f_declip / f_clip:.2f} its FLOPs) | {t_declip:.4f} | "
+        f"{f_declip / 1e9:.2f} | {a.batch / t_declip:.1f} | {f_declip / t_declip / 1e9:.1f} | {m_declip:.0f} |",
         *(f"| {label} (x{t / t_clip:.2f} CLIP's time, x{f / f_clip:.2f} its FLOPs) | {t:.4f} | {f / 1e9:.2f} | "
-          f"{a.batch / t:.1f} | {f / t / 1e9:.1f} |" for label, t, f in others),
+          f"{a.batch / t:.1f} | {f / t / 1e9:.1f} | {m:.0f} |" for label, t, f, m in others),
     ]
     summary = (f"DeCLIP/CLIP time ratio {time_ratio:.3f}, FLOP ratio {flop_ratio:.3f}: time is "
                f"{100 * gap:+.1f}% vs FLOPs (target within +-10%: {'MET' if abs(gap) <= 0.10 else 'NOT MET'})")
