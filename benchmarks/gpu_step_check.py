@@ -48,8 +48,9 @@ RECIPE = ["method.name=declip", "method.queue_size=65536", "method.simsiam_proj_
           "method.simsiam_pred_dim=512", "data.source=builtin", "train.output_dir=/tmp/declip_gpu_check"]
 
 
-def synthetic_batch(batch: int, image_size: int, context: int, seed: int = 0) -> dict:
-    """Two image views, a masked caption with MLM labels (15% of its words) and an augmented caption."""
+def synthetic_batch(batch: int, image_size: int, context: int, seed: int = 0, views: int = 2) -> dict:
+    """``views`` image views (the method's data spec: 2 for DeCLIP, 3 for SLIP), a masked caption with MLM labels
+    (15% of its words), the same caption unmasked and an augmented caption."""
     g = torch.Generator().manual_seed(seed)
     words = context // 2  # half-full captions, like the YFCC titles + descriptions
     text = torch.zeros(batch, context, dtype=torch.long)
@@ -60,8 +61,8 @@ def synthetic_batch(batch: int, image_size: int, context: int, seed: int = 0) ->
     masked = torch.zeros_like(text, dtype=torch.bool)
     masked[:, 1:words + 1] = torch.rand(batch, words, generator=g) < 0.15
     labels[masked], text[masked] = text[masked], MASK_ID
-    images = torch.randn(batch, 2, 3, image_size, image_size, generator=g)
-    return {"images": images, "text": text, "text_aug": text_aug, "mlm_labels": labels}
+    images = torch.randn(batch, views, 3, image_size, image_size, generator=g)
+    return {"images": images, "text": text, "text_plain": text_aug.clone(), "text_aug": text_aug, "mlm_labels": labels}
 
 
 def loader_batches(cfg, method, device: torch.device):
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--num-workers", type=int, default=-1, help="loader workers; -1 = all host cores")
     p.add_argument("--json", default="", help="also write the result here")
     p.add_argument("overrides", nargs="*", help="extra config key=value, e.g. method.queue_size=4096")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # key=value overrides may follow flags (gpu_check.sh appends them)
     workers = (os.cpu_count() or 1) if args.num_workers < 0 else args.num_workers
 
     overrides = [*RECIPE, f"model.preset={args.preset}", f"train.batch_size={args.batch_size}",
@@ -139,7 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     method.train()
     if args.data == "synthetic":
-        fixed = synthetic_batch(args.batch_size, cfg.model.vision.image_size, cfg.model.text.context_length)
+        fixed = synthetic_batch(args.batch_size, cfg.model.vision.image_size, cfg.model.text.context_length,
+                                views=method.data_spec(cfg).n_views)
         fixed = {k: v.to(device) for k, v in fixed.items()}
         batches = iter(lambda: fixed, None)
     else:
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__,
     }
     print(json.dumps(result, indent=1))
-    print(f"{result['device']}: {args.preset} DeCLIP {precision} batch {args.batch_size} {args.data} data: step "
+    print(f"{result['device']}: {args.preset} {cfg.method.name} {precision} batch {args.batch_size} {args.data} data: step "
           f"{1000 * mean:.1f} ms (median {1000 * result['step_time_s']['median']:.1f}), FPS {result['fps']:.1f}, "
           f"data wait {100 * result['data_wait']:.0f}%, peak memory {result['peak_memory_gib'] or 0:.2f} GiB, "
           f"losses finite: {result['losses_finite']}")

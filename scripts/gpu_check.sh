@@ -3,7 +3,9 @@
 #  1. CPU smoke runs of the step benchmark, synthetic and loader-fed, so a broken install fails in seconds;
 #  2. real ViT-B/32 DeCLIP steps at batch 128 on synthetic batches, in bf16 (the fast path) and in fp16 with the
 #     gradient scaler: step time, FPS, peak memory;
-#  3. the loader-fed check (issue 9): the same bf16 run fed by the real input pipeline (all host cores as loader
+#  3. every method of the family (issue 29: CLIP, SLIP, FILIP, DeFILIP, DeCLIP with the sigmoid loss) on the same
+#     towers, batch and first precision: gpu_step_check_<method>.json;
+#  4. the loader-fed check (issue 9): the same bf16 run fed by the real input pipeline (all host cores as loader
 #     workers, uint8 crops, augmentation on the GPU) on a generated manifest of $IMAGES 500x375 JPEGs; prints the
 #     synthetic and loader-fed FPS and their ratio (target >= 0.90).
 # Writes benchmarks/results/gpu_step_check_{bf16,fp16}.json, gpu_loader_check_bf16.json and gpu_loader_check.md
@@ -51,6 +53,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
 "$PYTHON" benchmarks/gpu_step_check.py --device cpu "${TINY[@]}" --steps 1 --warmup 1 > /dev/null
 "$PYTHON" benchmarks/gpu_step_check.py --device cpu "${TINY[@]}" --steps 1 --warmup 1 --data manifest \
   --images 16 --num-workers 2 > /dev/null
+for m in clip slip filip defilip; do  # each method's step runs at all (tiny, CPU) before any GPU time is spent
+  "$PYTHON" benchmarks/gpu_step_check.py --device cpu "${TINY[@]}" --steps 1 --warmup 1 method.name=$m \
+    method.simclr_hidden_dim=32 method.simclr_out_dim=16 > /dev/null
+done
 echo "CPU smoke runs passed"
 if [ "$DEVICE" = cuda ] && "$PYTHON" -c "import pytest" 2>/dev/null; then
   # the device stage on CUDA == on the CPU; a CUDA step makes no host sync outside logging (set_sync_debug_mode)
@@ -67,8 +73,16 @@ for precision in "${PRECISIONS[@]}"; do
     --steps "$STEPS" --warmup 5 --json "$OUT_DIR/gpu_step_check_${precision}.json" "$@" | tail -n 1
 done
 
-# loader-fed vs synthetic, same model, precision and batch; synthetic measured again right before, same settings
+# issue 29: the family beside DeCLIP, same model, batch and precision (the method's own heads at their reference sizes)
 P=${PRECISIONS[0]}
+for label in clip slip filip defilip declip_sigmoid; do
+  case $label in declip_sigmoid) extra=(method.name=declip method.contrastive_loss=sigmoid) ;;
+                 *) extra=(method.name=$label) ;; esac
+  "$PYTHON" benchmarks/gpu_step_check.py --device "$DEVICE" "${MODEL[@]}" --precision "$P" --steps "$STEPS" \
+    --warmup 3 --json "$OUT_DIR/gpu_step_check_${label}.json" "${extra[@]}" "$@" | tail -n 1
+done
+
+# loader-fed vs synthetic, same model, precision and batch; synthetic measured again right before, same settings
 "$PYTHON" benchmarks/gpu_step_check.py --device "$DEVICE" "${MODEL[@]}" --precision "$P" --steps "$LOADER_STEPS" \
   --warmup 5 --json "$OUT_DIR/gpu_loader_check_synthetic_${P}.json" "$@" | tail -n 1
 "$PYTHON" benchmarks/gpu_step_check.py --device "$DEVICE" "${MODEL[@]}" --precision "$P" --steps "$LOADER_STEPS" \
