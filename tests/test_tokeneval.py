@@ -114,7 +114,7 @@ def test_eval_filip_checkpoint_tokenwise(tiny_cfg, capsys, name):
 
     # one image / caption pair: the eval path's i2t and t2i equal the plain loops within 1e-5
     clip, ckpt_cfg, state = load_towers(ckpt)
-    towers = TokenTowers(clip, load_dense_heads(state, ckpt_cfg, clip, ckpt)).eval()
+    towers = TokenTowers(clip, load_dense_heads(state, ckpt_cfg, ckpt)).eval()
     image = normalize_on_device(eval_transform_uint8(ckpt_cfg.model.vision.image_size)(RetrievalImages()(3))[None],
                                 "cpu")
     captions = retrieval_item(5)[1]

@@ -168,7 +168,7 @@ def _evaluate(args) -> dict:
     if cfg.eval.similarity == "token":
         from .eval.tokenwise import load_dense_heads
 
-        dense = load_dense_heads(state, cfg, clip, args.checkpoint).to(device)
+        dense = load_dense_heads(state, cfg, args.checkpoint).to(device)
     idle = [t for t in cfg.eval.tasks if not _has_files(cfg, t) and not cfg.eval.builtin]
     if idle:
         from .eval.common import EvalDataError

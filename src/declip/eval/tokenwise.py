@@ -29,7 +29,7 @@ from ..data.tokenizer import tokenize
 from ..errors import CheckpointError
 from ..losses.filip import late_interaction
 from ..models.heads import DenseHeads
-from ..models.towers import dense_token_width, encode_image_with_tokens, encode_text_with_tokens, text_token_mask
+from ..models.towers import encode_image_with_tokens, encode_text_with_tokens, text_token_mask, trunk_dim
 from .common import EvalDataError, eval_mode
 
 DENSE_PREFIX = "dense.heads."  # FILIP/DeFILIP's DenseTerm.heads inside the method state dict
@@ -60,13 +60,13 @@ class TokenTowers(nn.Module):
         return F.normalize(tokens, dim=-1), text_token_mask(ids)
 
 
-def load_dense_heads(state: dict, cfg, clip: nn.Module, checkpoint) -> DenseHeads:
+def load_dense_heads(state: dict, cfg, checkpoint) -> DenseHeads:
     """FILIP's dense heads from a checkpoint's method state (``dense.heads.*``), sized by its config."""
     weights = {k[len(DENSE_PREFIX):]: v for k, v in state["model"].items() if k.startswith(DENSE_PREFIX)}
     if not weights:
         raise CheckpointError(f"{checkpoint}: eval.similarity=token: no '{DENSE_PREFIX}*' weights in the "
                               f"checkpoint (method.name={cfg.method.name}); use eval.similarity=global")
-    heads = DenseHeads(dense_token_width(clip), cfg.model.text.width, cfg.method.filip_dim)
+    heads = DenseHeads(trunk_dim(cfg.model), cfg.model.text.width, cfg.method.filip_dim)
     heads.load_state_dict(weights)
     return heads
 

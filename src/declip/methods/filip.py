@@ -17,7 +17,7 @@ from ..data.text import TextSpec
 from ..losses.contrastive import Gathered, top1_accuracy
 from ..losses.filip import TokenwiseInfoNCE
 from ..models.heads import DenseHeads
-from ..models.towers import dense_token_width, encode_image_with_tokens, encode_text_with_tokens, text_token_mask
+from ..models.towers import encode_image_with_tokens, encode_text_with_tokens, text_token_mask, trunk_dim
 from .base import Method
 
 
@@ -28,7 +28,7 @@ class DenseTerm(nn.Module):
     def __init__(self, cfg: Config, clip: nn.Module):
         super().__init__()
         m = cfg.method
-        self.heads = DenseHeads(dense_token_width(clip), cfg.model.text.width, m.filip_dim)
+        self.heads = DenseHeads(trunk_dim(cfg.model), cfg.model.text.width, m.filip_dim)
         self.loss = TokenwiseInfoNCE(m.filip_topk, m.filip_chunk)
 
     def forward(self, image_tokens, text_tokens, text_ids, gather: bool = True):

@@ -86,50 +86,41 @@ def clamp_logit_scale(clip: CustomTextCLIP, floor: float) -> None:
     clip.logit_scale.clamp_(floor, LOGIT_SCALE_MAX)
 
 
+def _image_parts(clip: CustomTextCLIP, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One image forward through the tower's parts: (embedding, trunk feature before the projection, dense
+    tokens). The tower's forward is bypassed (a compiled tower runs uncompiled here) because open_clip returns
+    neither the pre-projection feature nor the reference's dense tokens.
+    ViT: the transformer's output; the class token through ln_post (LayerNorm is per token: open_clip's
+    ln_post(x)[:, 0]) is the trunk, projected by ``proj``; the patch tokens BEFORE ln_post are the dense tokens.
+    ResNet: layer4's map; the attention pool (the projection is inside it) gives the embedding, its spatial mean
+    the trunk, its H*W positions the dense tokens."""
+    v = clip.visual
+    if hasattr(v, "attnpool"):  # ModifiedResNet
+        x = v.layer4(v.layer3(v.layer2(v.layer1(v.stem(images.to(v.conv1.weight.dtype))))))
+        return v.attnpool(x), x.mean(dim=(2, 3)), x.flatten(2).transpose(1, 2)
+    x = v.transformer(v._embeds(images))
+    trunk = v.ln_post(x[:, 0])
+    return (trunk @ v.proj if v.proj is not None else trunk), trunk, x[:, 1:]
+
+
 def encode_image_with_trunk(clip: CustomTextCLIP, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One image forward giving the embedding and the feature before the projection, which SLIP's SimCLR head
-    reads (the reference's ``feature_dim``: 768 for ViT-B/32, 2048 for RN50). ViT: the pooled, ln_post'ed
-    class token (width), projected here by the same ``proj``. ResNet: layer4's output averaged over space
-    (4 x 8 x width channels), beside the attention pool's embedding (the ResNet's projection is inside it)."""
-    visual = clip.visual
-    if hasattr(visual, "attnpool"):
-        x = visual.layer4(visual.layer3(visual.layer2(visual.layer1(visual.stem(images)))))
-        return visual.attnpool(x), x.mean(dim=(2, 3))
-    proj = visual.proj
-    visual.proj = None
-    try:
-        trunk = visual(images)
-    finally:
-        visual.proj = proj
-    return trunk @ proj, trunk
+    """The embedding and the feature before the projection, which SLIP's SimCLR head reads (the reference's
+    ``feature_dim``: 768 for ViT-B/32, 2048 for RN50), in one image forward."""
+    embedding, trunk, _ = _image_parts(clip, images)
+    return embedding, trunk
+
+
+def encode_image_with_tokens(clip: CustomTextCLIP, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The embedding and FILIP's dense tokens (Sense-GVT/DeCLIP prototype/model/image_encoder/: ViT patch tokens,
+    CLS excluded, before ln_post; ResNet layer4's positions, before the attention pool), in one image forward."""
+    embedding, _, tokens = _image_parts(clip, images)
+    return embedding, tokens
 
 
 def trunk_dim(cfg: ModelConfig) -> int:
-    """The width of :func:`encode_image_with_trunk`'s trunk feature for these towers."""
+    """The width of the trunk feature and of the dense tokens for these towers (ViT: width; ResNet: 32 x width,
+    layer4's channels)."""
     return cfg.vision.width if cfg.vision.kind == "vit" else cfg.vision.width * 32
-def encode_image_with_tokens(clip: CustomTextCLIP, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pooled (projected) image feature and the reference's dense tokens, in one image forward.
-
-    FILIP's dense tokens (Sense-GVT/DeCLIP prototype/model/image_encoder/): ViT: the transformer's output for the
-    patch tokens, CLS excluded, BEFORE ln_post (ln_post and proj are applied to CLS alone); ResNet: layer4's
-    spatial map, flattened to H*W tokens, before the attention pool. open_clip's ``output_tokens`` returns the
-    patch tokens after ln_post, so the tower's parts are run here (a compiled tower's forward is bypassed)."""
-    v = clip.visual
-    if hasattr(v, "attnpool"):  # ModifiedResNet
-        x = v.stem(images.to(v.conv1.weight.dtype))
-        x = v.layer4(v.layer3(v.layer2(v.layer1(x))))
-        return v.attnpool(x), x.flatten(2).transpose(1, 2)
-    x = v.transformer(v._embeds(images))
-    pooled = v.ln_post(x[:, 0])  # LayerNorm is per token: equal to open_clip's ln_post(x)[:, 0]
-    if v.proj is not None:
-        pooled = pooled @ v.proj
-    return pooled, x[:, 1:]
-
-
-def dense_token_width(clip: CustomTextCLIP) -> int:
-    """Width of the image tokens that ``encode_image_with_tokens`` returns (ViT: width; ResNet: 32 x width)."""
-    v = clip.visual
-    return v.attnpool.k_proj.in_features if hasattr(v, "attnpool") else v.ln_post.normalized_shape[0]
 
 
 def text_token_mask(ids: torch.Tensor) -> torch.Tensor:
