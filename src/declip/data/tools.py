@@ -41,6 +41,7 @@ def check_manifest(path: str, root: str, threads: int = 8, max_examples: int = 5
     "problems": {reason: count}, "examples": {reason: [...]}, "long_captions"}``. A labelled manifest
     (``filename``, ``label``) is checked as one instead (:mod:`declip.data.labelled`), with the same limits."""
     from ..errors import DataError
+    from .decode import load_image
     from .labelled import LABELLED, check_labelled, manifest_kind
     from .manifest import ManifestSource
 
@@ -58,7 +59,8 @@ def check_manifest(path: str, root: str, threads: int = 8, max_examples: int = 5
     def one(i: int):
         try:
             rec = src.record(i)
-            call_bounded(lambda: src.load(i), timeout_s, f"{src.path}:{i + 1}")
+            image = src.image_path(rec, i)  # the record parsed once: load() would read and parse the line again
+            call_bounded(lambda: load_image(image, image_size, max_pixels), timeout_s, f"{src.path}:{i + 1}")
             return None, _is_long(rec["caption"])
         except BadSample as e:
             return (e.reason, at_line(src, i, e.detail)), False
