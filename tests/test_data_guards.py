@@ -195,7 +195,7 @@ def test_stalled_worker_with_a_pending_signal_saves_then_stops(tiny_cfg, monkeyp
     cfg = tiny_cfg("data.num_workers=1", "data.pin_memory=false", "eval.builtin=false")
     trainer = Trainer(cfg)
     try:
-        trainer._stop_signal = signal.SIGTERM
+        trainer.preemption.signum = signal.SIGTERM
         with pytest.raises(DataStallError, match="worker stopped making progress"):
             trainer.train()
     finally:

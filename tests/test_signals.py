@@ -72,3 +72,19 @@ def test_sigusr1_then_sigterm_save_and_resume(tmp_path):
     assert f"at step {first} " in out, out[-2000:]
     second = check_saved(run)
     assert second >= first + 2
+
+
+def test_another_ranks_signal_stops_this_rank_without_claiming_it(monkeypatch):
+    """Only the flag crosses ranks: a rank that got no signal stops too, marked -1 (it runs no final eval/save),
+    and the process's own handlers come back after the run."""
+    import declip.train.preemption as preemption
+
+    before = signal.getsignal(signal.SIGTERM)
+    signals = preemption.PreemptionSignals()
+    signals.install()
+    assert signal.getsignal(signal.SIGTERM) != before
+    monkeypatch.setattr(preemption.dist, "any_rank", lambda flag: True)  # rank 1 was signalled
+    assert not signals.requested and signals.agreed(world_size=1) is False  # alone: only its own signal counts
+    assert signals.agreed(world_size=2) is True and signals.signum == -1
+    signals.restore()
+    assert signal.getsignal(signal.SIGTERM) == before

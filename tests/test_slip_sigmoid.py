@@ -149,6 +149,11 @@ def test_slip_forward_and_its_head_on_the_pre_projection_feature(tiny_cfg, visio
     emb, trunk = encode_image_with_trunk(method.clip, x)
     torch.testing.assert_close(emb, method.clip.encode_image(x))
     assert trunk.shape == (4, width)
+    # embedding the first images only (SLIP's base view) gives the same rows and the same trunk
+    first, trunk_again = encode_image_with_trunk(method.clip, x, embed=2)
+    assert first.shape[0] == 2
+    torch.testing.assert_close(first, emb[:2])
+    torch.testing.assert_close(trunk_again, trunk)
 
 
 def test_slip_simclr_weight_zero_builds_no_head_and_takes_one_view(tiny_cfg):

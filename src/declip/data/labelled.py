@@ -21,7 +21,7 @@ from typing import TextIO
 
 from .decode import DEFAULT_MAX_PIXELS
 from .errors import SKIP_REASONS, BadSample
-from .scan import at_line, ordered
+from .scan import Problems, at_line, ordered
 
 LABELLED, CAPTIONS = "labelled", "captions"
 # reasons of a labelled check besides the skip reasons: a contradicting label_name, labels with no name at all
@@ -84,14 +84,8 @@ def check_labelled(path: str, root: str, threads: int = 8, max_examples: int = 5
         except BadSample as e:
             return (e.reason, at_line(src, i, e.detail)), None
 
-    problems: Counter = Counter()
-    examples: dict[str, list[str]] = {}
-
-    def note(reason: str, text: str) -> None:
-        problems[reason] += 1
-        if len(examples.setdefault(reason, [])) < max_examples:
-            examples[reason].append(text)
-
+    problems = Problems(max_examples)
+    note = problems.note
     named: dict[int, str] = {}
     labels: Counter = Counter()
     for i, (bad, good) in enumerate(ordered(one, len(src), threads, progress, "check")):
@@ -109,7 +103,7 @@ def check_labelled(path: str, root: str, threads: int = 8, max_examples: int = 5
     if unnamed:
         note("unnamed_label", f"label(s) {unnamed[:10]} have no label_name: give the class names with "
                               "--classnames FILE (one per line, line i naming label i), here and to declip eval")
-    n, n_bad = len(src), sum(problems.values()) - bool(unnamed)
+    n, n_bad = len(src), problems.total - bool(unnamed)
     classes = len(names) if names is not None else len(labels)
     print(f"checked {n} lines of {path} (labelled manifest; images under {root}) in "
           f"{time.perf_counter() - t0:.1f} s", file=out)
@@ -117,12 +111,7 @@ def check_labelled(path: str, root: str, threads: int = 8, max_examples: int = 5
     print(f"classes: {classes} ({'named by ' + classnames if names is not None else 'labels that occur'}"
           f"{f', labels {min(labels)}..{max(labels)}' if labels else ''}; smallest class "
           f"{min(labels.values(), default=0)} images)", file=out)
-    if problems:
-        print(f"problems: {sum(problems.values())}", file=out)
-        for reason in (*SKIP_REASONS, *LABEL_REASONS):
-            if problems[reason]:
-                print(f"  {reason}: {problems[reason]}", file=out)
-                for e in examples[reason]:
-                    print(f"    {e}", file=out)
-    return {"kind": LABELLED, "lines": n, "ok": n - n_bad, "classes": classes, "problems": dict(problems),
-            "examples": examples, "long_captions": 0}
+    if problems.total:
+        problems.print((*SKIP_REASONS, *LABEL_REASONS), out, f"problems: {problems.total}")
+    return {"kind": LABELLED, "lines": n, "ok": n - n_bad, "classes": classes, "problems": dict(problems.counts),
+            "examples": problems.examples, "long_captions": 0}

@@ -1,11 +1,12 @@
 """What ``declip data check`` and ``declip data shard`` share: an ordered parallel map over a manifest's lines,
-and the ``file:line`` prefix of a reported problem. Its own module so that the caption checks (tools.py) and the
+the ``file:line`` prefix of a reported problem, and the problem tally each check prints. Its own module so that the caption checks (tools.py) and the
 labelled checks (labelled.py) both use it without importing each other."""
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator, TextIO
 
 
 def ordered(fn: Callable, n: int, threads: int, progress: bool, desc: str) -> Iterator:
@@ -27,3 +28,30 @@ def at_line(src, index: int, detail: str) -> str:
     """``detail`` prefixed with ``file:line`` of ``src``'s line ``index`` (once: a detail may carry it already)."""
     prefix = f"{src.path}:{index + 1}"
     return detail if detail.startswith(prefix) else f"{prefix}: {detail}"
+
+
+class Problems:
+    """Problems by reason, with the first ``max_examples`` of each (``file:line: detail``) kept to show."""
+
+    def __init__(self, max_examples: int) -> None:
+        self.counts: Counter = Counter()
+        self.examples: dict[str, list[str]] = {}
+        self.max_examples = max_examples
+
+    def note(self, reason: str, text: str) -> None:
+        self.counts[reason] += 1
+        if len(self.examples.setdefault(reason, [])) < self.max_examples:
+            self.examples[reason].append(text)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def print(self, reasons: Iterable[str], out: TextIO, header: str) -> None:
+        """``header``, then each reason's count and examples, in the order of ``reasons``."""
+        print(header, file=out)
+        for reason in reasons:
+            if self.counts[reason]:
+                print(f"  {reason}: {self.counts[reason]}", file=out)
+                for e in self.examples[reason]:
+                    print(f"    {e}", file=out)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .bounded import call_bounded
-from .scan import at_line, ordered
+from .scan import Problems, at_line, ordered
 from .decode import DEFAULT_MAX_PIXELS
 from .errors import SKIP_REASONS, BadSample
 
@@ -65,30 +65,21 @@ def check_manifest(path: str, root: str, threads: int = 8, max_examples: int = 5
         except BadSample as e:
             return (e.reason, at_line(src, i, e.detail)), False
 
-    problems: Counter = Counter()
-    examples: dict[str, list[str]] = {}
+    problems = Problems(max_examples)
     long_captions = 0
     for bad, long in ordered(one, len(src), threads, progress, "check"):
         long_captions += long
         if bad:
-            problems[bad[0]] += 1
-            ex = examples.setdefault(bad[0], [])
-            if len(ex) < max_examples:
-                ex.append(bad[1])
-    n, n_bad = len(src), sum(problems.values())
+            problems.note(*bad)
+    n, n_bad = len(src), problems.total
     print(f"checked {n} lines of {path} (images under {root}) in {time.perf_counter() - t0:.1f} s", file=out)
     print(f"ok: {n - n_bad}", file=out)
     if n_bad:
-        print(f"problems: {n_bad} ({100 * n_bad / max(n, 1):.2f}%)", file=out)
-        for reason in SKIP_REASONS:
-            if problems[reason]:
-                print(f"  {reason}: {problems[reason]}", file=out)
-                for e in examples[reason]:
-                    print(f"    {e}", file=out)
+        problems.print(SKIP_REASONS, out, f"problems: {n_bad} ({100 * n_bad / max(n, 1):.2f}%)")
     if long_captions:
         print(f"note: {long_captions} captions exceed {CONTEXT_TOKENS} BPE tokens and will be truncated "
               "(not a problem)", file=out)
-    return {"lines": n, "ok": n - n_bad, "problems": dict(problems), "examples": examples,
+    return {"lines": n, "ok": n - n_bad, "problems": dict(problems.counts), "examples": problems.examples,
             "long_captions": long_captions}
 
 

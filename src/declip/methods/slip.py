@@ -2,9 +2,9 @@
 
 Views (one batch, [B, 3, C, H, W]; data augment ``slip``): view 1 is CLIP's RandomResizedCrop(0.5-1) only, views
 2 and 3 are MoCo v2 views (RRC 0.2-1, colour jitter, grayscale, blur, flip). One image forward serves all three
-(3B images): the base view's embedding meets the caption in the pair loss (``method.contrastive_loss``), the
-SSL views' pre-projection features go through the SimCLR head (hidden 4096, out 256) into NT-Xent (tau 0.1),
-gathered across ranks with gradient. L = clip_weight * L_clip + simclr_weight * L_simclr (reference 1 / 1).
+(3B images) and the projection only the base view: its embedding meets the caption in the pair loss
+(``method.contrastive_loss``), the SSL views' pre-projection features go through the SimCLR head (hidden 4096,
+out 256) into NT-Xent (tau 0.1), gathered across ranks with gradient. L = clip_weight * L_clip + simclr_weight * L_simclr (reference 1 / 1).
 
 ``method.simclr_weight=0`` builds no head and asks the data for the base view alone: then SLIP is CLIP.
 """
@@ -43,8 +43,8 @@ class SLIP(Method):
         b, v = images.shape[:2]
         flat = images.transpose(0, 1).reshape(v * b, *images.shape[2:])
         losses, metrics = {}, {}
-        if w["simclr"] > 0:
-            feats, trunk = encode_image_with_trunk(self.clip, flat)
+        if w["simclr"] > 0:  # only the base view is embedded: the SSL views' trunk goes to the SimCLR head
+            feats, trunk = encode_image_with_trunk(self.clip, flat, embed=b)
         else:
             feats = self.clip.encode_image(flat)
         if w["clip"] > 0:

@@ -86,10 +86,12 @@ def clamp_logit_scale(clip: CustomTextCLIP, floor: float) -> None:
     clip.logit_scale.clamp_(floor, LOGIT_SCALE_MAX)
 
 
-def _image_parts(clip: CustomTextCLIP, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _image_parts(clip: CustomTextCLIP, images: torch.Tensor, embed: int | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One image forward through the tower's parts: (embedding, trunk feature before the projection, dense
     tokens). The tower's forward is bypassed (a compiled tower runs uncompiled here) because open_clip returns
-    neither the pre-projection feature nor the reference's dense tokens.
+    neither the pre-projection feature nor the reference's dense tokens. ``embed=n`` embeds only the first n
+    images (SLIP's SSL views need the trunk alone; a ResNet's attention pool on them would be wasted work).
     ViT: the transformer's output; the class token through ln_post (LayerNorm is per token: open_clip's
     ln_post(x)[:, 0]) is the trunk, projected by ``proj``; the patch tokens BEFORE ln_post are the dense tokens.
     ResNet: layer4's map; the attention pool (the projection is inside it) gives the embedding, its spatial mean
@@ -97,16 +99,18 @@ def _image_parts(clip: CustomTextCLIP, images: torch.Tensor) -> tuple[torch.Tens
     v = clip.visual
     if hasattr(v, "attnpool"):  # ModifiedResNet
         x = v.layer4(v.layer3(v.layer2(v.layer1(v.stem(images.to(v.conv1.weight.dtype))))))
-        return v.attnpool(x), x.mean(dim=(2, 3)), x.flatten(2).transpose(1, 2)
+        return v.attnpool(x[:embed]), x.mean(dim=(2, 3)), x.flatten(2).transpose(1, 2)
     x = v.transformer(v._embeds(images))
     trunk = v.ln_post(x[:, 0])
-    return (trunk @ v.proj if v.proj is not None else trunk), trunk, x[:, 1:]
+    return (trunk[:embed] @ v.proj if v.proj is not None else trunk[:embed]), trunk, x[:, 1:]
 
 
-def encode_image_with_trunk(clip: CustomTextCLIP, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The embedding and the feature before the projection, which SLIP's SimCLR head reads (the reference's
-    ``feature_dim``: 768 for ViT-B/32, 2048 for RN50), in one image forward."""
-    embedding, trunk, _ = _image_parts(clip, images)
+def encode_image_with_trunk(clip: CustomTextCLIP, images: torch.Tensor, embed: int | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The embedding (of the first ``embed`` images; all by default) and the feature before the projection,
+    which SLIP's SimCLR head reads (the reference's ``feature_dim``: 768 for ViT-B/32, 2048 for RN50), in one
+    image forward."""
+    embedding, trunk, _ = _image_parts(clip, images, embed)
     return embedding, trunk
 
 

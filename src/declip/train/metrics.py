@@ -231,3 +231,13 @@ class MetricsWriter:
                 pass
             if self.tb is not None:
                 self.tb.close()
+
+
+def progress_bar(total: int, initial: int, wanted: bool):
+    """A progress bar only for a person watching: on a terminal, never into a log file or a pipe."""
+    if not (wanted and sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True, mininterval=2,
+                leave=False)  # cleared on close: the closing summary is what stays on the terminal

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import functools
 import random
-import signal
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -33,9 +31,10 @@ from .accel import autocast, effective_precision, prepare_method, scaled_step, w
 from .checkpoint import (link_best, list_checkpoints, load_checkpoint, rng_state, save_best, save_checkpoint,
                          set_rng_state)
 from .health import DeviceSkip, NonFiniteGuard, SkipRateGuard, nonfinite_weights
-from .metrics import MetricMeter, MetricsWriter, StepClock, describe_run, log, setup_logging
+from .metrics import MetricMeter, MetricsWriter, StepClock, describe_run, log, progress_bar, setup_logging
 from .mfu import StepFlops, device_peak_tflops
 from .optim import build_optimizer, lr_at, set_lr
+from .preemption import PreemptionSignals
 from .preflight import check_eval_paths
 from .run_dir import check_resume_config, claim_output_dir
 from .workers import ignore_preemption_in_worker, stop_loader_workers
@@ -61,8 +60,7 @@ class Trainer:
         cfg, tr = self.cfg, self.cfg.train
         setup_logging(self.out, self.info.is_main)
         self.precision = effective_precision(tr.precision, self.device.type)
-        self._stop_signal: int | None = None
-        self._previous_handlers: dict = {}
+        self.preemption = PreemptionSignals()
 
         state = load_checkpoint(path, map_location=self.device) if path else None
         changes = check_resume_config(state["config"], cfg.to_dict(), allow_config_change) if state else []
@@ -212,10 +210,10 @@ class Trainer:
     # ----------------------------------------------------------------------------------------- loop
     def train(self) -> dict:
         tr = self.cfg.train
-        self._install_signal_handlers()
+        self.preemption.install()
         batches = self._batches()
         self.method.train()
-        progress = self._progress_bar()
+        progress = progress_bar(self.cfg.train.steps, self.step, self.info.is_main and self.cfg.train.progress)
         try:
             while self.step < tr.steps:
                 lr = lr_at(self.step, self.cfg.optim, tr.steps) * self.lr_scale
@@ -317,7 +315,7 @@ class Trainer:
 
     def _host_acts(self) -> bool:
         """This step logs, evaluates, checkpoints or ends the run (the steps where the host reads the device)."""
-        return self._log_due() or self._stop_signal is not None or any(self._eval_and_checkpoint_due())
+        return self._log_due() or self.preemption.requested or any(self._eval_and_checkpoint_due())
 
     def _settle(self) -> bool:
         """The device-decided skips since the last read: counted, logged and limited as on the host path."""
@@ -360,48 +358,25 @@ class Trainer:
             self.save()
         self.clock.pause(time.perf_counter() - t0)  # not training time: kept out of images/s
 
-    def _install_signal_handlers(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum, _frame) -> None:
-        log.warning("signal %d: saving a checkpoint at the end of this step, then exiting", signum)
-        self._stop_signal = signum
-
     def _should_stop(self) -> bool:
-        """A preemption signal: save and stop, on every rank at the same step (they get it at different
-        moments), so a ``--resume latest`` continues exactly."""
-        stop = self._stop_signal is not None
-        if self.info.world_size > 1:
-            stop = dist.any_rank(stop)  # on the host: no per-step wait for the device
-            if stop and self._stop_signal is None:
-                self._stop_signal = -1  # another rank's signal; -1 keeps this rank out of the final eval/save
-        if stop:
-            self.save()
-            log.warning("stopped by signal %d at step %d; resume with --resume latest", self._stop_signal,
-                        self.step)
-        return stop
+        """A preemption signal on any rank: save and stop, every rank at the same step."""
+        if not self.preemption.agreed(self.info.world_size):
+            return False
+        self.save()
+        log.warning("stopped by signal %d at step %d; resume with --resume latest", self.preemption.signum, self.step)
+        return True
 
     def _save_before_stall_exit(self, consumed: int) -> None:
         """The data stalled (see :class:`DataStallError`) after a preemption signal asked for a checkpoint: save
         the state at the start of the unfinished step (its micro-batches are given back to the stream), so the
         preempted job still leaves a checkpoint. One process only: other ranks would not reach save's barriers."""
-        if self._stop_signal is None or self.info.world_size > 1:
+        if not self.preemption.requested or self.info.world_size > 1:
             return
         self.consumed = consumed
         self.optimizer.zero_grad(set_to_none=True)
         self.save()
-        log.warning("signal %d: saved a checkpoint at step %d before stopping on stalled data", self._stop_signal,
-                    self.step)
-
-    def _progress_bar(self):
-        """A progress bar only for a person watching: on a terminal, never into a log file or a pipe."""
-        if not (self.info.is_main and self.cfg.train.progress and sys.stderr.isatty()):
-            return None
-        from tqdm import tqdm
-
-        return tqdm(total=self.cfg.train.steps, initial=self.step, desc="train", dynamic_ncols=True, mininterval=2,
-                    leave=False)  # cleared on close: the closing summary is what stays on the terminal
+        log.warning("signal %d: saved a checkpoint at step %d before stopping on stalled data",
+                    self.preemption.signum, self.step)
 
     def _finish(self) -> dict:
         tr = self.cfg.train
@@ -412,7 +387,7 @@ class Trainer:
             log.info("performance: FPS %.1f images/s (global batch %d / mean step time of the last %d steps), "
                      "data wait %.1f%% of the step", summary["fps"], tr.batch_size * tr.grad_accum *
                      self.info.world_size, summary["fps_steps"], 100 * summary["data_wait"])
-        elif self._stop_signal is None:
+        elif not self.preemption.requested:
             results = self.evaluate(checkpoint_follows=True)
             saved = self.save()  # a path on rank 0 only
             if saved is not None:
@@ -421,7 +396,7 @@ class Trainer:
         if self.best_step >= 0 and (self.out / "best.pt").is_file():  # a dict: kept out of metrics.jsonl
             summary["best"] = {"value": self.best, "step": self.best_step, "path": str(self.out / "best.pt"),
                                "metric": self.cfg.eval.best_metric or default_best_metric(results)}
-        if self._stop_signal is None:  # a preempted run's summary would sit mid-file once it resumes
+        if not self.preemption.requested:  # a preempted run's summary would sit mid-file once it resumes
             self.writer.write(self.step, {k: v for k, v in summary.items() if isinstance(v, (int, float))},
                               "summary")
         return summary
@@ -433,9 +408,7 @@ class Trainer:
         if shutdown is not None:  # forgets the worker pids, so that their exit is not reported as a crash
             shutdown()
         stop_loader_workers()
-        for sig, handler in self._previous_handlers.items():  # leave the process as we found it
-            if handler is not None:
-                signal.signal(sig, handler)
+        self.preemption.restore()
         self.writer.close()
         self._lock.release()
         dist.cleanup()
