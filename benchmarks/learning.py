@@ -417,7 +417,8 @@ def main() -> int:
                    "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared), "
                               "1 thread per run, 2 runs at a time",
                    "split": a.split, "steps": a.steps, "extra": a.extra, "runs": runs}
-        Path(a.out + ".json").write_text(json.dumps(payload, indent=1))
+        kept = [r for key, r in recorded.items() if key not in grid]  # other sets, variants and seeds stay
+        Path(a.out + ".json").write_text(json.dumps({**payload, "runs": runs + kept}, indent=1))
         write_report(payload, sets, variants, Path(a.out + ".md"), notes)
         print(Path(a.out + ".md").read_text())
         return 0
