@@ -1,6 +1,6 @@
 """What ``declip data check`` and ``declip data shard`` share: an ordered parallel map over a manifest's lines,
-the ``file:line`` prefix of a reported problem, and the problem tally each check prints. Its own module so that the caption checks (tools.py) and the
-labelled checks (labelled.py) both use it without importing each other."""
+the ``file:line`` prefix of a reported problem, and the problem tally each check prints. Its own module so that
+the caption checks (tools.py) and the labelled checks (labelled.py) both use it without importing each other."""
 from __future__ import annotations
 
 import sys

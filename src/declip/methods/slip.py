@@ -4,7 +4,8 @@ Views (one batch, [B, 3, C, H, W]; data augment ``slip``): view 1 is CLIP's Rand
 2 and 3 are MoCo v2 views (RRC 0.2-1, colour jitter, grayscale, blur, flip). One image forward serves all three
 (3B images) and the projection only the base view: its embedding meets the caption in the pair loss
 (``method.contrastive_loss``), the SSL views' pre-projection features go through the SimCLR head (hidden 4096,
-out 256) into NT-Xent (tau 0.1), gathered across ranks with gradient. L = clip_weight * L_clip + simclr_weight * L_simclr (reference 1 / 1).
+out 256) into NT-Xent (tau 0.1), gathered across ranks with gradient.
+L = clip_weight * L_clip + simclr_weight * L_simclr (reference 1 / 1).
 
 ``method.simclr_weight=0`` builds no head and asks the data for the base view alone: then SLIP is CLIP.
 """
