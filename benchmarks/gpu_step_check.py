@@ -195,8 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__,
     }
     print(json.dumps(result, indent=1))
-    print(f"{result['device']}: {args.preset} {cfg.method.name} {precision} batch {args.batch_size} {args.data} data: step "
-          f"{1000 * mean:.1f} ms (median {1000 * result['step_time_s']['median']:.1f}), FPS {result['fps']:.1f}, "
+    print(f"{result['device']}: {args.preset} {cfg.method.name} {precision} batch {args.batch_size} {args.data} "
+          f"data: step {1000 * mean:.1f} ms (median {1000 * result['step_time_s']['median']:.1f}), FPS {result['fps']:.1f}, "
           f"data wait {100 * result['data_wait']:.0f}%, peak memory {result['peak_memory_gib'] or 0:.2f} GiB, "
           f"losses finite: {result['losses_finite']}")
     if args.json:

@@ -20,7 +20,7 @@ class DeFILIP(DeCLIP):
         super().__init__(cfg)
         self.w["filip"] = cfg.method.filip_weight
         if self.w["filip"] > 0:
-            self.dense = DenseTerm(cfg, self.clip)
+            self.dense = DenseTerm(cfg)
 
     def forward(self, batch):
         dense = self.w["filip"] > 0

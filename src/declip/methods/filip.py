@@ -25,7 +25,7 @@ class DenseTerm(nn.Module):
     """FILIP's dense heads and loss: image tokens, text token features (ln_final) and the caption's ids ->
     (loss, image -> text dense logits, label offset)."""
 
-    def __init__(self, cfg: Config, clip: nn.Module):
+    def __init__(self, cfg: Config):
         super().__init__()
         m = cfg.method
         self.heads = DenseHeads(trunk_dim(cfg.model), cfg.model.text.width, m.filip_dim)
@@ -43,7 +43,7 @@ class FILIP(Method):
         m = cfg.method
         self.w = {"clip": m.clip_weight, "filip": m.filip_weight}
         if self.w["filip"] > 0:
-            self.dense = DenseTerm(cfg, self.clip)
+            self.dense = DenseTerm(cfg)
 
     @staticmethod
     def data_spec(cfg: Config) -> DataSpec:
