@@ -261,7 +261,8 @@ def train_ours(root: Path, variant: str, seed: int, workdir: Path, extra: list[s
             "train.device=cpu", "train.ckpt_every=0", "train.tensorboard=false", "train.progress=false",
             "train.log_every=100", "eval.builtin=false", f"train.output_dir={workdir / 'ckpt'}"]
     cfg = load_config(config_file, args)
-    summary = train(cfg)
+    # the driver starts a worker only for a folder without result.json: checkpoints there are an interrupted run's
+    summary = train(cfg, overwrite=True)
     out = export_open_clip(summary["checkpoint"], workdir / "export")
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")
     return model, preprocess

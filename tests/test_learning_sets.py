@@ -4,7 +4,7 @@ import json
 import os
 from pathlib import Path
 
-from helpers import load_benchmark
+from helpers import load_benchmark, tiny_overrides
 from PIL import Image
 
 
@@ -106,3 +106,24 @@ def test_rewriting_a_report_keeps_the_current_answer_that_opens_it(tmp_path):
     assert "## Current answer\n\n- DeCLIP wins on one set." in text
     assert "- date: new-date" in text and "- date: old" not in text and "| old |" not in text
     assert text.index("Current answer") < text.index("- date: new-date")
+
+
+def test_a_worker_restarts_the_run_a_killed_benchmark_left_in_its_folder(tmp_path):
+    """The driver starts a worker only for a folder without result.json, so checkpoints there are a killed run's:
+    the worker must train afresh, not fail on the trainer's one-run-per-folder guard (and lose the grid's seed)."""
+    lb = load_benchmark("learning")
+    root = tmp_path / "set"
+    (root / "images").mkdir(parents=True)
+    lines = []
+    for i in range(16):
+        Image.new("RGB", (32, 32), (16 * i, 255 - 16 * i, 128)).save(root / "images" / f"{i}.png")
+        lines.append(json.dumps({"filename": f"images/{i}.png", "caption": f"a picture of colour {i}"}))
+    (root / "train.jsonl").write_text("\n".join(lines) + "\n")
+    work = tmp_path / "run"
+    (work / "ckpt").mkdir(parents=True)
+    stale = work / "ckpt" / "ckpt_00000152.pt"
+    stale.write_bytes(b"a killed run's checkpoint")
+    tiny = tiny_overrides("train.batch_size=8", "model.vision.layers=1", "model.text.layers=1")
+    model, preprocess = lb.train_ours(root, "clip", 0, work, tiny, steps=10)
+    assert not stale.exists() and (work / "export").is_dir()
+    assert model.encode_image(preprocess(Image.open(root / "images" / "0.png")).unsqueeze(0)).shape == (1, 64)
