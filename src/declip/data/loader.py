@@ -23,7 +23,7 @@ from ..errors import DataQualityError
 from ..vocab import masked_positions
 from .bounded import call_bounded
 from .device_augment import augment_plan
-from .errors import SKIP_REASONS, BadSample
+from .errors import SKIP_REASONS, BadSample, DataStallError
 from .seeding import epoch_seed, item_seed
 from .source_base import Source
 from .text import TextPipeline, TextSpec
@@ -156,6 +156,17 @@ def worker_timeout_s(sample_timeout_s: float) -> float:
     worker silent this long is stuck outside the reads: deadlocked, stopped (SIGSTOP) or swapping to death.
     Generous, as a batch may legitimately hold a few timed-out samples."""
     return max(300.0, 10 * sample_timeout_s)
+
+
+def stall_error(error: RuntimeError, sample_timeout_s: float) -> DataStallError | None:
+    """torch's ``DataLoader(timeout=...)`` error (no batch from the workers in time) as one line that says what
+    to do; None for any other error."""
+    if "DataLoader timed out" not in str(error):
+        return None
+    return DataStallError(
+        f"no batch from the data-loader workers in {worker_timeout_s(sample_timeout_s):g} s (every read is bounded "
+        f"by data.sample_timeout_s={sample_timeout_s:g}): a worker stopped making progress; check the data's file "
+        "system, then --resume latest")
 
 
 def build_train_loader(dataset: PairDataset, batch_size: int, num_workers: int, rank: int, world_size: int,

@@ -273,3 +273,13 @@ def verify_checksums(path: Path, state: dict) -> None:
                                   "(--resume PATH) or start afresh")
     elif "checksum" in state and payload_checksum(state) != state["checksum"]:
         raise CheckpointError(f"{path} is corrupt: its tensors do not match the checksum written with them")
+
+
+def load_model_state(model: torch.nn.Module, state_dict: dict, path: Path) -> None:
+    """``load_state_dict``, with a mismatch the config comparison could not see (e.g. a foreign file) as one line
+    naming the file and the first offending key."""
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:
+        lines = str(e).strip().splitlines()
+        raise CheckpointError(f"{path} does not fit this model: {lines[min(1, len(lines) - 1)].strip()}") from e

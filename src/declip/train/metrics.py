@@ -101,6 +101,15 @@ def lr_origin(cfg: Config, lr_scale: float) -> str:
             f"by {lr_scale:.3g} (optim.lr_scaling={cfg.optim.lr_scaling}); set optim.lr yourself to train at it")
 
 
+def log_step(step: int, steps: int, record: dict, skip_reasons: str) -> None:
+    """The console line of a log step: every float value, then the skip counts where not zero (with their
+    reasons), so a run that loses samples or steps says so where it is watched."""
+    shown = " ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float))
+    counts = " ".join(f"{k}={record[k]}" for k in ("skipped_samples", "nonfinite_steps") if record[k])
+    reasons = f" ({skip_reasons})" if skip_reasons else ""
+    log.info("step %d/%d %s%s", step, steps, shown, f" {counts}{reasons}" if counts else "")
+
+
 def synchronize(device: torch.device) -> None:
     if device.type != "cpu":
         getattr(torch, device.type).synchronize()

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from .. import distributed as dist
+from ..config import Config, dump_config
 from ..config_parse import flatten
 from ..errors import CheckpointError, DeclipError, RunDirError
 from .checkpoint import BEST_NAME, list_checkpoints
@@ -125,3 +126,12 @@ def clear_run(directory: Path) -> None:
     for name in RUN_FILES:
         p = directory / name
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def write_run_config(directory: Path, cfg: Config, resumed_at: int | None) -> None:
+    """``config.yaml`` is always this process's config; a resumed run keeps the one it replaced as
+    ``config.<step>.yaml`` (the record of what trained the steps before)."""
+    current = directory / "config.yaml"
+    if resumed_at is not None and current.is_file():
+        current.replace(directory / f"config.{resumed_at}.yaml")
+    current.write_text(dump_config(cfg))

@@ -18,25 +18,26 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import distributed as dist
-from ..config import Config, dump_config
+from ..config import Config
 from ..data.device_augment import build_device_stage
 from ..data.errors import DataStallError
-from ..data.loader import DevicePrefetcher, PairDataset, build_train_loader, worker_timeout_s
+from ..data.loader import DevicePrefetcher, PairDataset, build_train_loader, stall_error
 from ..data.sources import build_source
 from ..device import resolve_device
-from ..errors import CheckpointError
 from ..methods import build_method
 from ..metric_names import default_best_metric
 from .accel import autocast, effective_precision, prepare_method, scaled_step, wrap_ddp
-from .checkpoint import (link_best, list_checkpoints, load_checkpoint, rng_state, save_best, save_checkpoint,
-                         set_rng_state)
-from .health import DeviceSkip, NonFiniteGuard, SkipRateGuard, nonfinite_weights
-from .metrics import MetricMeter, MetricsWriter, StepClock, describe_run, log, progress_bar, setup_logging
+from .checkpoint import (link_best, list_checkpoints, load_checkpoint, load_model_state, rng_state, save_best,
+                         save_checkpoint, set_rng_state)
+from .evaluation import score_towers
+from .health import DeviceSkip, NonFiniteGuard, SkipRateGuard
+from .metrics import (MetricMeter, MetricsWriter, StepClock, describe_run, log, log_step, progress_bar,
+                      setup_logging)
 from .mfu import StepFlops, device_peak_tflops
 from .optim import build_optimizer, lr_at, set_lr
 from .preemption import PreemptionSignals
 from .preflight import check_eval_paths
-from .run_dir import check_resume_config, claim_output_dir
+from .run_dir import check_resume_config, claim_output_dir, write_run_config
 from .workers import ignore_preemption_in_worker, stop_loader_workers
 
 
@@ -110,16 +111,12 @@ class Trainer:
         self.flops = StepFlops(device_peak_tflops(self.device, self.precision, tr.peak_tflops))
         self.lr_scale = cfg.optim.lr_scale(tr.batch_size * tr.grad_accum * self.info.world_size)
         if self.info.is_main:
-            self._write_config(keep_previous=state is not None)
+            write_run_config(self.out, self.cfg, resumed_at=self.step if state is not None else None)
             describe_run(cfg, self.method, self.device, self.info.world_size, self.lr_scale)
 
     # ------------------------------------------------------------------------------------------ state
     def _restore(self, path: Path, state: dict, changes: list[str]) -> None:
-        try:
-            self.method.load_state_dict(state["model"])
-        except RuntimeError as e:  # shapes that the config comparison could not see (e.g. a foreign file)
-            lines = str(e).strip().splitlines()
-            raise CheckpointError(f"{path} does not fit this model: {lines[min(1, len(lines) - 1)].strip()}") from e
+        load_model_state(self.method, state["model"], path)
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
@@ -134,12 +131,6 @@ class Trainer:
         log.info("resumed from %s at step %d (%d samples consumed per rank)", path, self.step, self.consumed)
         for change in changes:
             log.warning("config changed on resume: %s", change)
-
-    def _write_config(self, keep_previous: bool) -> None:
-        current = self.out / "config.yaml"
-        if keep_previous and current.is_file():
-            current.replace(self.out / f"config.{self.step}.yaml")
-        current.write_text(dump_config(self.cfg))
 
     def _payload(self) -> dict:
         rngs = [rng_state()]
@@ -175,23 +166,9 @@ class Trainer:
     def evaluate(self, checkpoint_follows: bool = False) -> dict[str, float]:
         """Score the towers; a new best writes best.pt, or, when a checkpoint of this step follows
         (``checkpoint_follows``), leaves it to :meth:`save` to link best.pt to that checkpoint."""
-        from ..eval.suite import EvalDataError, best_metric, headline, run_evaluation
-
         results, improved = {}, False
-        if self.info.is_main:  # rank 0 alone, on the unwrapped towers: no DDP collective inside
-            picked = None
-            bad = nonfinite_weights(self.method.clip.state_dict())
-            try:  # bad eval inputs are logged, not raised: they must not cost the run or its final checkpoint
-                if bad:
-                    log.warning("skipping evaluation at step %d: non-finite weights in %s", self.step, bad[:3])
-                else:
-                    results = run_evaluation(self.method.clip, self.cfg, self.device, dense=self.method.eval_heads())
-                if results:
-                    self.writer.write(self.step, results, kind="eval")
-                    log.info("eval @ step %d: %s", self.step, headline(results))
-                    picked = best_metric(results, self.cfg)  # (name, value) by eval.best_metric
-            except EvalDataError as e:
-                log.error("evaluation @ step %d failed: %s", self.step, e)
+        if self.info.is_main:
+            results, picked = score_towers(self.method, self.cfg, self.device, self.step, self.writer)
             improved = picked is not None and picked[1] > self.best
             if improved:
                 self.best, self.best_step = picked[1], self.step
@@ -251,13 +228,11 @@ class Trainer:
             t0 = time.perf_counter()
             try:
                 batch = next(it)
-            except RuntimeError as e:  # torch's DataLoader(timeout=...): no batch from the workers in time
-                if "DataLoader timed out" not in str(e):
+            except RuntimeError as e:
+                stall = stall_error(e, self.cfg.data.sample_timeout_s)
+                if stall is None:
                     raise
-                raise DataStallError(
-                    f"no batch from the data-loader workers in {worker_timeout_s(self.cfg.data.sample_timeout_s):g} "
-                    f"s (every read is bounded by data.sample_timeout_s={self.cfg.data.sample_timeout_s:g}): a "
-                    "worker stopped making progress; check the data's file system, then --resume latest") from None
+                raise stall from None
             self.clock.wait += time.perf_counter() - t0
             self.consumed += self.cfg.train.batch_size  # per micro-batch: counts what the stream handed out
             self.skips.add(batch["skips"], self.consumed, batch["skip_examples"])
@@ -342,10 +317,7 @@ class Trainer:
             record.update(amp_scale=float(self.scaler.get_scale()), amp_overflow_steps=self.meter.amp_overflows)
         self.writer.write(self.step, record)
         if self.info.is_main:
-            shown = " ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float))
-            counts = " ".join(f"{k}={record[k]}" for k in ("skipped_samples", "nonfinite_steps") if record[k])
-            skipped = f" ({self.skips.by_reason()})" if self.skips.total else ""
-            log.info("step %d/%d %s%s", self.step, tr.steps, shown, f" {counts}{skipped}" if counts else "")
+            log_step(self.step, tr.steps, record, self.skips.by_reason() if self.skips.total else "")
 
     def _maybe_eval_and_checkpoint(self) -> None:
         evaluate, checkpoint = self._eval_and_checkpoint_due()
