@@ -2,9 +2,10 @@
 
     python benchmarks/filip_memory.py [--out benchmarks/results/filip_memory.md]
 
-CPU, tiny token counts and dims (a few seconds per row): one process, so B_local = B_global = B. Measured: the growth of peak RSS in a fresh process per row (glibc may keep freed
-pages, so it is an upper bound of what the term needs at once). The formula (dense_memory_bytes) counts both
-directions. The ViT-B/32 reference case and its FLOPs are computed from the formula, not measured.
+CPU, tiny token counts and dims (a few seconds per row): one process, so B_local = B_global = B. Measured: the
+growth of peak RSS in a fresh process per row (glibc may keep freed pages, so it is an upper bound of what the
+term needs at once). The formula (dense_memory_bytes) counts both directions. The ViT-B/32 reference case and its
+FLOPs are computed from the formula, not measured.
 """
 from __future__ import annotations
 

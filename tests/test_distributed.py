@@ -1,11 +1,11 @@
 """Distributed training on the CPU with gloo: 2 processes must train exactly like 1 process on the whole batch.
 
-The key check (tests/dist_worker.py explains why each case is exact): for CLIP, CLIP with local loss, two
-DeCLIP variants, CLIP and DeCLIP with the sigmoid loss, and SLIP, the mean over ranks of the per-rank loss equals the single-process loss on the concatenated
-batch, and every parameter's gradient (after DDP's average) equals the single-process gradient. The two
-workers are launched the way srun launches them (SLURM_* variables, no MASTER_ADDR; a stand-in `scontrol`
-names the first host), which also covers the SLURM rendezvous. A torchrun launch of `declip train` with 2
-processes then trains, checkpoints, resumes, and prints FPS in performance mode.
+The key check (tests/dist_worker.py explains why each case is exact): for CLIP, CLIP with local loss, two DeCLIP
+variants, CLIP and DeCLIP with the sigmoid loss, and SLIP, the mean over ranks of the per-rank loss equals the
+single-process loss on the concatenated batch, and every parameter's gradient (after DDP's average) equals the
+single-process gradient. The two workers are launched the way srun launches them (SLURM_* variables, no
+MASTER_ADDR; a stand-in `scontrol` names the first host), which also covers the SLURM rendezvous. A torchrun
+launch of `declip train` with 2 processes then trains, checkpoints, resumes, and prints FPS in performance mode.
 """
 from __future__ import annotations
 

@@ -33,7 +33,8 @@ CAPTIONS = [
 ]
 
 # Tiny controlled table: every content word has exactly one made-up synonym.
-TOY_WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau upsilon".split()
+TOY_WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau "
+             "upsilon").split()
 TOY_TABLE = SynonymTable({w: [w + "syn", "multi " + w] for w in TOY_WORDS} | {"the": ["zzthe"], "a": ["zza"]})
 TOY_STOP = frozenset({"the", "a", "of"})
 TOY_CAPTION = " ".join(TOY_WORDS)

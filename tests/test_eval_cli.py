@@ -49,7 +49,8 @@ def test_zeroshot_on_a_labelled_manifest_counts_bad_lines_and_missing_images(che
     manifest.write_text(sets["val"].read_text() + "not json\n"
                         + json.dumps({"filename": "images/gone.png", "label": 1, "label_name": "square"}) + "\n")
     code, out, err = run_cli(capsys, "--checkpoint", checkpoint, "--task", "zeroshot", "--val-manifest", manifest,
-                             "--val-root", sets["root"], "--templates", sets["templates"], "--max-images", 30, "--brief")
+                             "--val-root", sets["root"], "--templates", sets["templates"], "--max-images", 30,
+                             "--brief")
     assert code == 0, err
     line = next(ln for ln in out.splitlines() if ln.startswith("val:"))
     for key in ("top1=", "top5=", "balanced_top1=", "chance=10.00", "majority=10.00", "images=20",

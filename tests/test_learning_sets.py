@@ -98,7 +98,8 @@ def test_recorded_runs_are_only_those_of_the_same_split_and_schedule(tmp_path):
 def test_rewriting_a_report_keeps_the_current_answer_that_opens_it(tmp_path):
     lb = load_benchmark("learning")
     report = tmp_path / "learning.md"
-    report.write_text("# Learning benchmark\n\n## Current answer\n\n- DeCLIP wins on one set.\n\n- date: old\n| old |\n")
+    report.write_text("# Learning benchmark\n\n## Current answer\n\n- DeCLIP wins on one set.\n\n"
+                      "- date: old\n| old |\n")
     payload = {"split": "test", "date": "new-date", "command": "cmd", "machine": "m", "steps": 300,
                "runs": [{"set": "digits", "variant": "clip", "seed": 0, "top1": 50.0, "train_s": 1.0}]}
     lb.write_report(payload, ["digits"], ["clip"], report)

@@ -139,7 +139,8 @@ def test_sync_bn_converts_the_tower_not_the_heads():
     plain_method, plain = grads_after_step(cfg)
     method, synced = grads_after_step([*cfg, "train.sync_bn=true"])
     bns = [m for m in method.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    tower = [m for n, m in method.named_modules() if n.startswith("clip.visual.") and isinstance(m, nn.BatchNorm2d | nn.SyncBatchNorm)]
+    tower = [m for n, m in method.named_modules()
+             if n.startswith("clip.visual.") and isinstance(m, nn.BatchNorm2d | nn.SyncBatchNorm)]
     assert tower and all(isinstance(m, nn.SyncBatchNorm) for m in tower)
     heads = [m for n, m in method.named_modules() if n.startswith(("projector.", "predictor."))
              and isinstance(m, nn.modules.batchnorm._BatchNorm)]

@@ -21,7 +21,8 @@ from declip.train.checkpoint import list_checkpoints, load_checkpoint
 from helpers import last_logged_step, raw_metrics, write_tiny_config
 
 STEPS = 8
-TIMING_KEYS = {"time", "images_per_s", "data_wait", "step_time_s", "tflops", "mfu"}  # wall-clock values: the only ones allowed to differ
+# wall-clock values: the only ones allowed to differ
+TIMING_KEYS = {"time", "images_per_s", "data_wait", "step_time_s", "tflops", "mfu"}
 
 
 # a case name's overrides beyond method.name: SLIP trained with the sigmoid loss covers both the SimCLR head and
@@ -35,7 +36,8 @@ def write_config(path: Path, out: Path, method: str) -> Path:
     checkpoint every 3 steps, all kept."""
     return write_tiny_config(path, f"method.name={method.split('+')[0]}", *EXTRA.get(method, []),
                              f"train.steps={STEPS}", "train.ckpt_every=3", "train.keep_last=20", "train.device=cpu",
-                             f"train.output_dir={out}", "data.num_workers=1", "data.pin_memory=false", "eval.num_workers=0")
+                             f"train.output_dir={out}", "data.num_workers=1", "data.pin_memory=false",
+                             "eval.num_workers=0")
 
 
 def launch(config: Path, *extra: str) -> subprocess.Popen:

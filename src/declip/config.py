@@ -182,7 +182,8 @@ class MethodConfig:
     local_loss: bool = False  # each rank: local rows vs. gathered columns (always); True skips the gather
     # DeCLIP small-data knobs (issue 12); the defaults are the reference method.
     multi_view: bool = True  # False: the contrastive term uses view 1 x the original caption only (ablation)
-    augment: Literal["mocov2", "clip"] = "mocov2"  # image views: mocov2 (reference) | clip (RandomResizedCrop 0.5-1 only)
+    # image views: mocov2 (reference) | clip (RandomResizedCrop 0.5-1 only)
+    augment: Literal["mocov2", "clip"] = "mocov2"
     # the caption the contrastive terms see when MLM is on: masked (reference: one text forward serves both) |
     # plain (the unmasked caption; MLM reads a second copy of the masked one, in the same forward). Meant for
     # 3-6 token captions, where a 15% mask can hide the one word that names the image; on the learning
@@ -471,7 +472,8 @@ def validate(cfg: Config, sources: dict[str, str] | None = None) -> None:
     for section in (cfg.model, cfg.data, cfg.method, cfg.optim, cfg.train, cfg.eval):
         section.validate(check)
     check(not cfg.data.second_view_crop_scale or cfg.method.name not in ("clip", "filip"),
-          "data.second_view_crop_scale", f"method.name={cfg.method.name} trains on one image view; set data.crop_scale instead")
+          "data.second_view_crop_scale",
+          f"method.name={cfg.method.name} trains on one image view; set data.crop_scale instead")
     dense = cfg.method.name in ("filip", "defilip") and cfg.method.filip_weight > 0
     why = f"method.name={cfg.method.name} has none" if cfg.method.name not in ("filip", "defilip") else \
         "method.filip_weight=0 builds none"

@@ -8,9 +8,9 @@ Launch sources, in order:
   else the first host of the job's node list (``scontrol show hostnames``), or 127.0.0.1 on a one-node job;
   MASTER_PORT defaults to a port derived from SLURM_JOB_ID so two jobs sharing a node do not collide.
 
-Backend: torch's default for the device type (declip.device.backend_for). The group's timeout (``train.dist_timeout_s``) must outlast the
-longest wait at a barrier: rank 0 evaluates alone while the other ranks wait, and NCCL's 10-minute default
-would abort a run during a long ImageNet evaluation.
+Backend: torch's default for the device type (declip.device.backend_for). The group's timeout
+(``train.dist_timeout_s``) must outlast the longest wait at a barrier: rank 0 evaluates alone while the other
+ranks wait, and NCCL's 10-minute default would abort a run during a long ImageNet evaluation.
 """
 from __future__ import annotations
 

@@ -31,8 +31,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as nnf
 
-from .views import (AUGMENTS, IMAGENET_MEAN, IMAGENET_STD, P_BLUR, P_BRIGHTNESS, P_CONTRAST, P_GRAY, P_HUE, P_JITTER, P_ORDER,
-                    P_SATURATION, P_SIGMA, blur_kernel_size)
+from .views import (AUGMENTS, IMAGENET_MEAN, IMAGENET_STD, P_BLUR, P_BRIGHTNESS, P_CONTRAST, P_GRAY, P_HUE,
+                    P_JITTER, P_ORDER, P_SATURATION, P_SIGMA, blur_kernel_size)
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 HUE_OP = 3  # position of hue in the order permutation's alphabet: 0 brightness, 1 contrast, 2 saturation, 3 hue

@@ -9,14 +9,14 @@ Order matters and is fixed by :func:`prepare_method`, called before the optimize
   has no checkpointing (its method is a no-op), so for ResNet towers only the text tower is checkpointed.
 - SyncBatchNorm: converts the image tower's BatchNorm (the ResNet's) so its batch statistics cover the global
   batch; the SimSiam heads' BatchNorm stays per rank, as in the reference. The converted modules reuse the same
-  Parameter objects and state_dict keys, so checkpoints load either way. torch's SyncBatchNorm refuses CPU tensors in a process group, so on gloo it is
-  refused up front with a clear error rather than mid-step.
+  Parameter objects and state_dict keys, so checkpoints load either way. torch's SyncBatchNorm refuses CPU
+  tensors in a process group, so on gloo it is refused up front with a clear error rather than mid-step.
 - channels_last (ResNet towers): weights converted once; a forward pre-hook on the image tower converts its
   input, because methods build the 4-D image batch themselves (DeCLIP stacks its two views).
 - torch.compile (``train.compile=auto``: on CUDA, where it paid 34% on the ViT-B/32 DeCLIP step; off on the
-  CPU, where compiling costs more than a short run gains): ``nn.Module.compile()`` on each tower, in place, so parameter names (and checkpoints) do
-  not gain an ``_orig_mod.`` prefix. Towers, not the method: methods call ``.item()`` and update the NN
-  queue in their forward, which would break the graph at every step.
+  CPU, where compiling costs more than a short run gains): ``nn.Module.compile()`` on each tower, in place,
+  so parameter names (and checkpoints) do not gain an ``_orig_mod.`` prefix. Towers, not the method: methods
+  call ``.item()`` and update the NN queue in their forward, which would break the graph at every step.
 """
 from __future__ import annotations
 

@@ -97,8 +97,8 @@ def _last_logged_step(directory: Path) -> int | None:
 
 def claim_output_dir(directory: Path, resume: str | None, overwrite: bool,
                      is_main: bool) -> tuple[RunLock, Path | None]:
-    """The run's lock (held by rank 0; an unheld one elsewhere) and the checkpoint to resume (None = fresh), decided before
-    anything of the run is opened in the folder: rank 0 locks it, then checks it and clears it for
+    """The run's lock (held by rank 0; an unheld one elsewhere) and the checkpoint to resume (None = fresh),
+    decided before anything of the run is opened in the folder: rank 0 locks it, then checks it and clears it for
     ``--overwrite``. The other ranks learn rank 0's verdict in one collective, so that a refusal ends every rank
     at once (not at the first barrier, after ``train.dist_timeout_s``), and look at the folder only once it is
     cleared."""
