@@ -2,7 +2,8 @@
 
 Every mistake (unknown key, wrong type, impossible value) is reported before any data is read or any
 model is built, naming the dotted key and where it came from (the YAML file or the command line), so a
-typo in a 32-GPU launch costs seconds, not a queue slot.
+typo in a 32-GPU launch costs seconds, not a queue slot. The model and method sections are in
+declip.config_model and declip.config_method (re-exported here: ``from declip.config import ModelConfig``).
 """
 from __future__ import annotations
 
@@ -11,107 +12,25 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import yaml
 
-from .config_parse import build, coerce, parse_override, record_sources, set_dotted, split_device
+from .config_method import DEFAULT_EDA_OPS, SLIP_DEFAULTS, EdaOp, MethodConfig  # noqa: F401  (re-exported)
+from .config_model import LOGIT_SCALE_MAX, ModelConfig, PresetName, TextConfig, VisionConfig  # noqa: F401
+from .config_parse import Check, build, coerce, parse_override, record_sources, set_dotted, split_device
 from .errors import ConfigError  # noqa: F401  (re-exported: declip.config.ConfigError)
 from .metric_names import TASKS, producible_metrics
-from .presets import PRESETS, apply_preset
+from .presets import apply_preset
 from .recipes import (default_config_path, demo_config_path, is_shipped,  # noqa: F401  (the two paths: re-exported)
                       own_data_config_path, resolve_config)
 
 
-Check = Callable[[bool, str, str], None]  # check(ok, dotted key, message): raises ConfigError naming the source
-EdaOp = Literal["synonym", "swap", "delete", "insert"]  # the one list of EDA operation names
-DEFAULT_EDA_OPS: tuple[str, ...] = ("synonym", "swap", "delete")  # the reference's (no random insertion)
 EvalTask = Literal["zeroshot", "retrieval", "linear-probe"]  # declip.metric_names.TASKS
-PresetName = Literal["tiny-vit", "tiny-rn", "vit-b-32", "rn50"]  # declip.presets.PRESETS: their values
-assert set(PRESETS) == set(typing.get_args(PresetName)), "PresetName and PRESETS must list the same presets"
 assert TASKS == typing.get_args(EvalTask), "EvalTask and metric_names.TASKS must list the same tasks"
 
 
 # --------------------------------------------------------------------------------------------- sections
-@dataclass
-class VisionConfig:
-    kind: Literal["vit", "resnet"] = "vit"
-    image_size: int = 64
-    width: int = 128  # ViT width, or ResNet stem width (64 for RN50)
-    layers: int | list[int] = 2  # ViT depth, or ResNet stage depths (RN50: [3, 4, 6, 3])
-    head_width: int = 64
-    patch_size: int = 8
-    freeze_conv1: bool = True  # DeCLIP freezes the ViT patch embedding
-    # ViT initialisation. reference: DeCLIP's, CLIP's normal init on the transformer blocks as on the text tower
-    # and positional embedding std 0.01. open_clip: open_clip's VisionTransformer (PyTorch's default init on the
-    # blocks, positional embedding std width^-0.5), which learns more from a few hundred pairs
-    # (benchmarks/results/learning.md). A ResNet tower has one init (CLIP's), whichever is set.
-    init: Literal["reference", "open_clip"] = "reference"
-
-    def validate(self, check: Check) -> None:
-        check(self.image_size >= 16, "model.vision.image_size", "must be >= 16")
-        if self.kind == "vit":
-            check(isinstance(self.layers, int) and self.layers > 0, "model.vision.layers",
-                  "a ViT needs one positive depth")
-            check(self.image_size % self.patch_size == 0, "model.vision.patch_size",
-                  f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
-            check(self.width % self.head_width == 0, "model.vision.head_width", "must divide model.vision.width")
-        else:
-            check(isinstance(self.layers, list) and len(self.layers) == 4 and min(self.layers) > 0,
-                  "model.vision.layers", "a ResNet needs four positive stage depths, e.g. [3, 4, 6, 3]")
-            check(self.image_size % 32 == 0, "model.vision.image_size", "a ResNet needs a multiple of 32")
-            check(self.init == "reference", "model.vision.init",
-                  "only a ViT has a choice of init (a ResNet tower always gets CLIP's); remove the setting")
-
-
-@dataclass
-class TextConfig:
-    context_length: int = 77
-    vocab_size: int = 49409  # CLIP BPE (49408) + the MLM mask token
-    width: int = 128
-    heads: int = 2
-    layers: int = 2
-
-    def validate(self, check: Check) -> None:
-        check(self.width % self.heads == 0, "model.text.heads", f"must divide model.text.width ({self.width})")
-        check(self.context_length >= 8, "model.text.context_length", "must be >= 8")
-        check(self.vocab_size >= 49409, "model.text.vocab_size",
-              "must hold the CLIP BPE vocabulary + mask token (49409)")
-
-
-LOGIT_SCALE_MAX = 6.0  # ceiling of log(logit scale): the reference's (models/towers.py clamps into it)
-
-
-@dataclass
-class ModelConfig:
-    preset: PresetName = "tiny-vit"  # fills the fields below unless they are set explicitly; see PRESETS
-    embed_dim: int = 128
-    quick_gelu: bool = True
-    # floor of log(logit scale), applied after every optimizer step: the reference's 3 (scale >= 20.1, so the
-    # init 1/0.07 = 14.3 lasts one step); open_clip's is 0. The ceiling stays the reference's 6 (the value is
-    # capped at 100 anyway)
-    logit_scale_min: float = 3.0
-    # start the towers from trained weights (a fresh run only; a resumed run takes its checkpoint's): an open_clip
-    # checkpoint file, an open_clip 'local-dir:' folder or a declip export, or openclip:MODEL/TAG (downloads)
-    init_from: str = ""
-    vision: VisionConfig = field(default_factory=VisionConfig)
-    text: TextConfig = field(default_factory=TextConfig)
-
-    def validate(self, check: Check) -> None:
-        check(self.embed_dim > 0, "model.embed_dim", "must be > 0")
-        if self.init_from.startswith("openclip:"):
-            check(self.init_from.count("/") == 1 and all(self.init_from[9:].split("/")), "model.init_from",
-                  "openclip:MODEL/TAG, e.g. openclip:ViT-B-32/laion2b_s34b_b79k (open_clip.list_pretrained())")
-        elif self.init_from:
-            path = Path(self.init_from.removeprefix("local-dir:"))
-            check(path.exists(), "model.init_from", f"{path} does not exist (an open_clip checkpoint file, a "
-                  "local-dir: folder or a declip export; openclip:MODEL/TAG for a published one)")
-        check(0.0 <= self.logit_scale_min < LOGIT_SCALE_MAX, "model.logit_scale_min",
-              f"must be in [0, {LOGIT_SCALE_MAX}) (log space; the reference's 3, open_clip's 0)")
-        self.vision.validate(check)
-        self.text.validate(check)
-
-
 @dataclass
 class DataConfig:
     source: Literal["builtin", "manifest", "csv", "webdataset"] = "builtin"
@@ -157,76 +76,6 @@ class DataConfig:
             check(bool(self.path), "data.path", f"data.source={self.source} needs a path")
         if self.source == "manifest":
             check(bool(self.root), "data.root", "the manifest's image root is required")
-
-
-@dataclass
-class MethodConfig:
-    name: Literal["clip", "declip", "slip", "filip", "defilip"] = "declip"
-    # every image-text term's loss: softmax (symmetric InfoNCE, the reference's) | sigmoid (SigLIP, open_clip's:
-    # its own learnable scale and bias, init log 10 and -10; losses/sigmoid.py)
-    contrastive_loss: Literal["softmax", "sigmoid"] = "softmax"
-    # DeCLIP loss weights (reference: 0.4 / 0.2 / 0.2 / 0.2). 0 skips that branch's computation. SLIP reads
-    # clip_weight too: unset, it is SLIP's reference 1 (SLIP_DEFAULTS, applied by config_from_dict)
-    clip_weight: float = 0.4
-    simsiam_weight: float = 0.2
-    mlm_weight: float = 0.2
-    nn_weight: float = 0.2
-    mask_prob: float = 0.15
-    queue_size: int = 65536
-    nn_warmup_steps: int = 0
-    nn_exclude_self: bool = False  # small data: a caption's nearest neighbour is never its own older copy (see
-    # losses/nn_queue.py; at YFCC15M scale the queue never holds the sample itself, so the reference needs none)
-    simsiam_proj_dim: int = 1024
-    simsiam_pred_dim: int = 512
-    eda_ops: list[EdaOp] = field(default_factory=lambda: list(DEFAULT_EDA_OPS))
-    local_loss: bool = False  # each rank: local rows vs. gathered columns (always); True skips the gather
-    # DeCLIP small-data knobs (issue 12); the defaults are the reference method.
-    multi_view: bool = True  # False: the contrastive term uses view 1 x the original caption only (ablation)
-    # image views: mocov2 (reference) | clip (RandomResizedCrop 0.5-1 only)
-    augment: Literal["mocov2", "clip"] = "mocov2"
-    # the caption the contrastive terms see when MLM is on: masked (reference: one text forward serves both) |
-    # plain (the unmasked caption; MLM reads a second copy of the masked one, in the same forward). Meant for
-    # 3-6 token captions, where a 15% mask can hide the one word that names the image; on the learning
-    # benchmark's val split it scored below masked (round 12): there the mask acts as a text augmentation.
-    contrast_text: Literal["masked", "plain"] = "masked"
-    # SLIP (reference: experiments/slip_experiments/yfcc15m/*/config.yaml, loss_weight.simclr_loss 1, sim_dim 256)
-    simclr_weight: float = 1.0  # 0: no SimCLR head, no SSL views (then SLIP is CLIP on its base view)
-    simclr_temperature: float = 0.1
-    simclr_hidden_dim: int = 4096
-    simclr_out_dim: int = 256
-    # FILIP / DeFILIP dense (token-wise) term, methods/filip.py; 0 builds no dense head. Reference: DeFILIP 0.2;
-    # FILIP's configs train the dense term alone (clip_weight 0, filip_weight 1).
-    filip_weight: float = 0.2
-    filip_dim: int = 256  # the dense heads' output width
-    filip_topk: int = 16  # tokens kept per side and pair before the gather
-    filip_chunk: int = 256  # gathered columns per similarity block (0 = all at once); memory only, same result
-
-    def validate(self, check: Check) -> None:
-        for w in ("clip_weight", "simsiam_weight", "mlm_weight", "nn_weight", "simclr_weight", "filip_weight"):
-            check(getattr(self, w) >= 0, f"method.{w}", "must be >= 0")
-        check(0.0 < self.mask_prob < 1.0, "method.mask_prob", "must be in (0, 1)")
-        check(self.queue_size > 0, "method.queue_size", "must be > 0")
-        check(self.nn_warmup_steps >= 0, "method.nn_warmup_steps", "must be >= 0")
-        check(len(self.eda_ops) > 0, "method.eda_ops", "needs at least one of synonym, swap, delete, insert")
-        check(self.simclr_temperature > 0, "method.simclr_temperature", "must be > 0 (SLIP's: 0.1)")
-        check(self.simclr_hidden_dim > 0 and self.simclr_out_dim > 0, "method.simclr_out_dim",
-              "the SimCLR head's sizes must be > 0 (SLIP's: hidden 4096, out 256)")
-        for key in ("filip_dim", "filip_topk", "filip_chunk"):
-            check(getattr(self, key) >= (0 if key == "filip_chunk" else 1), f"method.{key}",
-                  "must be >= 0 (0 = unchunked)" if key == "filip_chunk" else "must be >= 1")
-        if self.name == "slip":
-            check(self.clip_weight + self.simclr_weight > 0, "method.simclr_weight",
-                  "method.clip_weight and method.simclr_weight are both 0: SLIP would train nothing")
-        elif self.name != "clip":
-            dense = self.filip_weight if self.name in ("filip", "defilip") else 0.0
-            others = (self.clip_weight,) if self.name == "filip" else (
-                self.clip_weight, self.simsiam_weight, self.mlm_weight, self.nn_weight)
-            check(sum(others) + dense > 0, "method.clip_weight", f"all {self.name} loss weights are 0")
-
-
-# method.name=slip: the loss weights of the reference (loss_weight.clip_loss 1, simclr_loss 1 in
-# experiments/slip_experiments/yfcc15m/yfcc15m_vit_slip/config.yaml) where the user sets none
-SLIP_DEFAULTS = {"clip_weight": 1.0}
 
 
 @dataclass

@@ -1,17 +1,20 @@
 """The mechanics of reading a config: ``key=value`` parsing, merging, and checking each value against its
 dataclass annotation (int, float, str, bool, lists, unions, Literal choices), so that a mistake names the
-dotted key and the file or command-line item it came from. The sections themselves are in declip.config."""
+dotted key and the file or command-line item it came from. The sections themselves are in declip.config
+(and its config_model and config_method)."""
 from __future__ import annotations
 
 import copy
 import dataclasses
 import types
 import typing
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 
 from .errors import ConfigError
+
+Check = Callable[[bool, str, str], None]  # check(ok, dotted key, message): raises ConfigError naming the source
 
 
 def deep_merge(base: dict, top: dict) -> dict:
