@@ -51,6 +51,10 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     # issue 29: SLIP (its SimCLR head's hidden layer scaled down like DeCLIP's heads above; reference 4096) and the
     # sigmoid (SigLIP) loss in place of the softmax one, at the clip / declip variants' recipe
     "slip": ("slip", ["method.simclr_hidden_dim=512"], False),
+    # SLIP with its CLIP view at clip-crop09-ocinit's crop and init (its SimCLR views keep MoCo v2's 0.2-1): SLIP's
+    # added term against the best CLIP recipe here, crop for crop
+    "slip-crop09-ocinit": ("slip", ["method.simclr_hidden_dim=512", "data.crop_scale=[0.9,1.0]",
+                                    "model.vision.init=open_clip"], False),
     "clip-sigmoid": ("clip", ["method.contrastive_loss=sigmoid"], False),
     "declip-sigmoid": ("declip", ["method.queue_size=4096", "method.simsiam_proj_dim=256",
                                   "method.simsiam_pred_dim=64", "method.contrastive_loss=sigmoid"], False),
