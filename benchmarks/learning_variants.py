@@ -109,4 +109,3 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     "declip-small-v2-refcrop": ("declip", ["model.vision.init=reference", "data.crop_scale=[0.5,1.0]", VIEW2_05],
                                 True),
 }
-
