@@ -64,9 +64,9 @@ class MethodConfig:
         check(self.simclr_temperature > 0, "method.simclr_temperature", "must be > 0 (SLIP's: 0.1)")
         check(self.simclr_hidden_dim > 0 and self.simclr_out_dim > 0, "method.simclr_out_dim",
               "the SimCLR head's sizes must be > 0 (SLIP's: hidden 4096, out 256)")
-        for key in ("filip_dim", "filip_topk", "filip_chunk"):
-            check(getattr(self, key) >= (0 if key == "filip_chunk" else 1), f"method.{key}",
-                  "must be >= 0 (0 = unchunked)" if key == "filip_chunk" else "must be >= 1")
+        for key in ("filip_dim", "filip_topk"):
+            check(getattr(self, key) >= 1, f"method.{key}", "must be >= 1")
+        check(self.filip_chunk >= 0, "method.filip_chunk", "must be >= 0 (0 = unchunked)")
         if self.name == "slip":
             check(self.clip_weight + self.simclr_weight > 0, "method.simclr_weight",
                   "method.clip_weight and method.simclr_weight are both 0: SLIP would train nothing")
