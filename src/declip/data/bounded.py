@@ -84,6 +84,19 @@ def call_bounded(fn: Callable[[], T], timeout_s: float, where: str | Callable[[]
     raise value
 
 
+def filename_problem(name) -> str | None:
+    """Why ``name`` (a manifest's ``filename``, a CSV's image column) cannot name a file; None when it can.
+
+    Every reader asks this where a line of user data becomes a path (the caption and labelled manifests, the
+    CSV, ``declip eval``'s manifests), so such a line is one ``bad_line`` there: a NUL byte would otherwise reach
+    ``open()`` and stop the run with ``ValueError: embedded null byte``."""
+    if not isinstance(name, str) or not name:
+        return "must be a non-empty string"
+    if "\0" in name:
+        return f"holds a NUL byte ({name!r}): no file name can"
+    return None
+
+
 def contained(root: Path, filename: str, allow_outside: bool, where: str) -> Path:
     """``root / filename``, or :class:`BadSample` ``outside_root`` for an absolute filename or one whose ``..``
     climb out of ``root`` (a shared manifest must not make a job read any file the job can read).

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .bounded import contained
+from .bounded import contained, filename_problem
 from .decode import DEFAULT_MAX_PIXELS, check_caption, load_image
 from .offsets import RecordFile, load_or_build
 from ..errors import DataError
@@ -127,8 +127,9 @@ class CsvSource(ReopenAfterPickle):
             raise BadSample("bad_line", f"{where}: {len(row)} fields, the header needs {need}")
         caption = check_caption(row[self.caption_col], where)
         name = row[self.image_col]
-        if not name:
-            raise BadSample("bad_line", f"{where}: empty {self.image_key!r}")
+        why = filename_problem(name)
+        if why:
+            raise BadSample("bad_line", f"{where}: {self.image_key!r} {why}")
         # without data.root the paths are used as written (open_clip's CSVs): there is no root to stay in
         path = contained(self.root, name, self.allow_outside_root, where) if self.root else Path(name)
         return load_image(path, self.image_size, self.max_pixels), caption

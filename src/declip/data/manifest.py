@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .bounded import contained
+from .bounded import contained, filename_problem
 from .decode import DEFAULT_MAX_PIXELS, check_caption, load_image
 from .offsets import RecordFile, load_or_build, scan_lines
 from ..errors import DataError
@@ -53,9 +53,10 @@ class ManifestSource(ReopenAfterPickle):
         return self.file.read(int(self.starts[index]), int(self.starts[index + 1]))
 
     def parse(self, index: int, required: tuple[str, ...] = ("filename", "caption")) -> dict:
-        """Line ``index + 1`` as a JSON object holding the ``required`` keys and a non-empty string
-        ``filename``, or :class:`BadSample` ``bad_line`` naming FILE:LINE and what is wrong. Shared by the
-        caption form (:meth:`record`) and the labelled form (:mod:`declip.data.labelled`)."""
+        """Line ``index + 1`` as a JSON object holding the ``required`` keys and a usable ``filename`` (a
+        non-empty string without NUL: :func:`~declip.data.bounded.filename_problem`), or :class:`BadSample`
+        ``bad_line`` naming FILE:LINE and what is wrong. Shared by the caption form (:meth:`record`) and the
+        labelled form (:mod:`declip.data.labelled`)."""
         where = f"{self.path}:{index + 1}"
         raw = self.line(index).rstrip(b"\r\n")
         try:
@@ -70,8 +71,9 @@ class ManifestSource(ReopenAfterPickle):
         for k in required:
             if k not in rec:
                 raise BadSample("bad_line", f"{where}: missing key '{k}'")
-        if not isinstance(rec["filename"], str) or not rec["filename"]:
-            raise BadSample("bad_line", f"{where}: 'filename' must be a non-empty string")
+        why = filename_problem(rec["filename"])
+        if why:
+            raise BadSample("bad_line", f"{where}: 'filename' {why}")
         return rec
 
     def record(self, index: int) -> dict:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.bounded import call_bounded, contained
+from ..data.bounded import call_bounded, contained, filename_problem
 from ..data.decode import DEFAULT_MAX_PIXELS, load_image
 from ..data.device_augment import normalize_on_device
 from ..data.errors import BadSample
@@ -60,8 +60,9 @@ def read_manifest(path: str | Path, check: Callable[[dict], None]) -> Manifest:
                 rec = json.loads(line)
                 if not isinstance(rec, dict):
                     raise TypeError(f"expected a JSON object, got {type(rec).__name__}")
-                if not isinstance(rec.get("filename"), str) or not rec["filename"]:
-                    raise KeyError("'filename' (a non-empty string) is missing")
+                why = filename_problem(rec.get("filename"))
+                if why:
+                    raise ValueError(f"'filename' {why}")
                 check(rec)
             except (ValueError, KeyError, TypeError) as e:
                 out.bad.append(f"{path}:{lineno}: {e}")
