@@ -5,8 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import DataError
-
+from .errors import DataError, os_error_text
 
 
 def cmd_check(args) -> int:
@@ -21,7 +20,7 @@ def cmd_check(args) -> int:
                                 max_pixels=args.max_image_pixels, allow_outside_root=args.allow_outside_root,
                                 classnames=args.classnames)
     except (OSError, DataError) as e:  # no manifest to check (missing, a folder, empty): 2, not 1
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {os_error_text(e) if isinstance(e, OSError) else e}", file=sys.stderr)
         return 2
     return 1 if report["problems"] else 0
 
@@ -33,7 +32,7 @@ def cmd_shard(args) -> int:
         stats = shard_manifest(args.manifest, args.root, args.out, args.max_side, args.shard_size,
                                args.threads, args.quality, progress=not args.no_progress)
     except (OSError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {os_error_text(e) if isinstance(e, OSError) else e}", file=sys.stderr)
         return 2
     return 0 if stats["samples"] else 1
 
@@ -42,7 +41,7 @@ def cmd_to_wds(args) -> int:
     from .config import Config, ConfigError, config_from_dict
     from .data.labelled import manifest_kind
     from .eval.common import EvalDataError
-    from .eval.to_wds import captions_to_wds, clip_benchmark_command, labelled_to_wds
+    from .eval.to_wds import captions_to_wds, check_out, clip_benchmark_command, labelled_to_wds
 
     flags = {"classnames": args.classnames, "templates": args.templates, "val_kind": args.val_kind,
              "max_images": args.max_images}
@@ -53,11 +52,13 @@ def cmd_to_wds(args) -> int:
         cfg = config_from_dict(tree, {f"eval.{k}": f"command line (--{k.replace('_', '-')})" for k in given})
         if not Path(args.manifest).is_file():
             raise EvalDataError(f"manifest not found: {args.manifest}")
+        check_out(args.out, args.manifest, args.root, args.overwrite)  # before anything is read or written
         kind = manifest_kind(args.manifest) if args.kind == "auto" else args.kind
         convert = labelled_to_wds if kind == "labelled" else captions_to_wds
         stats = convert(cfg, args.manifest, args.root, args.out)
     except (ConfigError, EvalDataError, OSError) as e:
-        print(f"{'config error' if isinstance(e, ConfigError) else 'error'}: {e}", file=sys.stderr)
+        text = os_error_text(e) if isinstance(e, OSError) else e
+        print(f"{'config error' if isinstance(e, ConfigError) else 'error'}: {text}", file=sys.stderr)
         return 2
     what = f"{stats['classes']} classes, {stats['templates']} templates" if kind == "labelled" else "retrieval"
     print(f"wrote {stats['samples']} {kind} samples ({what}) to {stats['out']} in CLIP_benchmark's wds layout")
@@ -110,7 +111,10 @@ def add_data_parser(sub) -> None:
     w.add_argument("manifest", help="labelled (filename, label, label_name) or caption (filename, caption) "
                    "JSON lines")
     w.add_argument("--root", required=True, help="folder the manifest's filenames are relative to")
-    w.add_argument("--out", required=True, help="output folder (test/N.tar, classnames.txt, templates, ...)")
+    w.add_argument("--out", required=True, help="output folder (test/N.tar, classnames.txt, templates, ...): new "
+                   "or empty, outside the data's folders")
+    w.add_argument("--overwrite", action="store_true", help="--out holds an earlier conversion: replace its "
+                   "files (test/*.tar, test/nshards.txt, the layout's .txt files); other files are kept")
     w.add_argument("--kind", choices=("auto", "labelled", "captions"), default="auto",
                    help="auto: labelled when lines have 'label' and no 'caption'")
     w.add_argument("--classnames", default=None, help="as declip eval --classnames (default: label_name)")

@@ -36,3 +36,13 @@ class DeviceError(DeclipError):
 
 class NonFiniteError(DeclipError):
     """NaN or inf in a loss, a gradient, a buffer or the weights."""
+
+
+def os_error_text(error: OSError) -> str:
+    """An OS error as a user reads it: the file and the reason (``/x/y: Permission denied``), without Python's
+    ``[Errno 13]`` prefix and quotes."""
+    why = error.strerror or str(error)
+    if error.filename is None:
+        return why
+    target = f" -> {error.filename2}" if error.filename2 is not None else ""
+    return f"{error.filename}{target}: {why}"

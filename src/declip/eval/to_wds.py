@@ -7,13 +7,19 @@ number is only comparable with ``declip eval``'s if both see the same set. So th
 ImageNet's protocol when the file is ImageNet's), the same caption filter and grouping per image
 (:func:`declip.eval.retrieval.group_captions`), the same ``eval.max_images`` cap. Unreadable images are
 skipped and counted, as evaluation skips them.
+
+Why ``--out`` is checked first (:func:`check_out`): the conversion writes ``classnames.txt`` and templates, the
+names a data set's own folder often holds, and ``--overwrite`` removes the layout's ``test/`` files; so it never
+writes among its inputs, and never into a non-empty folder unless told, and then replaces only its own files.
 """
 from __future__ import annotations
 
+import errno
 from collections import Counter
 from pathlib import Path
 
 from ..config import Config
+from ..data.bounded import contained
 from ..data.errors import BadSample
 from .common import EvalDataError, check_root, read_manifest
 from .wds_layout import wds_image, write_wds
@@ -24,13 +30,16 @@ TASKS = {"labelled": "zeroshot_classification", "captions": "zeroshot_retrieval"
 class _Skips:
     """Unreadable images by reason, with the first few examples: what the conversion reports."""
 
-    def __init__(self):
+    def __init__(self, cfg: Config):
+        self.allow_outside = cfg.data.allow_outside_root
         self.counts: Counter = Counter()
         self.examples: list[str] = []
 
-    def image(self, path: Path):
+    def image(self, root: Path, name: str, where: str):
+        """The image ``name`` under ``root`` for the layout, as evaluation reads it (inside the root unless
+        ``data.allow_outside_root``), or None, counted, when it is unusable."""
         try:
-            return wds_image(path)
+            return wds_image(contained(root, name, self.allow_outside, where))
         except BadSample as e:
             self.counts[e.reason] += 1
             if len(self.examples) < 3:
@@ -49,15 +58,15 @@ def labelled_to_wds(cfg: Config, manifest: str, root: str, out: str | Path) -> d
         raise EvalDataError(f"{man.path}: no usable line ({len(man.bad)} bad, e.g. {man.bad[:1]})")
     _, names, templates, columns = protocol(man, cfg)
     recs = man.records[: cfg.eval.max_images] if cfg.eval.max_images else man.records
-    skips = _Skips()
+    skips = _Skips(cfg)
 
     def samples():
         for r in recs:
-            image = skips.image(folder / r["filename"])
+            image = skips.image(folder, r["filename"], f"{man.path}:{r['_line']}")
             if image is not None:
                 yield (*image, columns[r["label"]] if columns else r["label"])
 
-    n = write_wds(out, samples(), classnames=names, templates=templates)
+    n = _write(out, samples(), classnames=names, templates=templates)
     return _stats("labelled", out, n, man.bad, skips, classes=len(names), templates=len(templates))
 
 
@@ -70,16 +79,54 @@ def captions_to_wds(cfg: Config, manifest: str, root: str, out: str | Path) -> d
     names, captions, skipped = group_captions(man.records, str(man.path))
     if cfg.eval.max_images:
         names, captions = names[: cfg.eval.max_images], captions[: cfg.eval.max_images]
-    skips = _Skips()
+    skips = _Skips(cfg)
 
     def samples():
         for name, caps in zip(names, captions):
-            image = skips.image(folder / name)
+            image = skips.image(folder, name, str(man.path))
             if image is not None:
                 yield (*image, caps)
 
-    n = write_wds(out, samples())
+    n = _write(out, samples())
     return _stats("captions", out, n, man.bad, skips, skipped_captions=sum(skipped.values()))
+
+
+def check_out(out: str | Path, manifest: str | Path, root: str | Path, overwrite: bool = False) -> None:
+    """Refuse an ``--out`` the conversion could damage, before anything is read: a file (or one on its path), a
+    folder among the inputs (the image folder, inside it or holding it; the manifest's folder or one holding
+    it), a non-empty folder without ``overwrite``, and one whose ``test`` is not a folder."""
+    out = Path(out)
+    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise EvalDataError(f"--out {out}: {blocker} is a file, not a folder: choose another --out")
+    here, images, listed = out.resolve(), Path(root).resolve(), Path(manifest).resolve()
+    clash = ("the image folder" if here == images else "inside the image folder" if images in here.parents
+             else "a folder holding the image folder" if here in images.parents
+             else "the manifest's folder" if here == listed.parent
+             else "a folder holding the manifest" if here in listed.parents else None)
+    if clash:
+        raise EvalDataError(f"--out {out} is {clash} ({root if 'image' in clash else manifest}): the conversion "
+                            "never writes among its inputs (their classnames.txt, templates or test/ would be "
+                            "replaced); choose an --out outside the data's folders")
+    present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if present and not overwrite:
+        shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
+        raise EvalDataError(f"--out {out} is not empty ({shown}): choose a new or empty folder, or pass "
+                            "--overwrite to replace an earlier conversion there (only its test/ shards, "
+                            "nshards.txt and the layout's .txt files are replaced; other files are kept)")
+    if (out / "test").exists() and not (out / "test").is_dir():
+        raise EvalDataError(f"--out {out}: {out / 'test'} is a file, not the layout's test/ folder: move it away "
+                            "or choose another --out")
+
+
+def _write(out: str | Path, samples, **layout) -> int:
+    """:func:`write_wds`, an OS error as one line naming the folder: nothing of the conversion is left then."""
+    try:
+        return write_wds(out, samples, **layout)
+    except OSError as e:
+        remedy = "free some space" if e.errno == errno.ENOSPC else "make it writable"
+        raise EvalDataError(f"--out {out}: cannot write {e.filename or out} ({e.strerror or e}); the conversion "
+                            f"left nothing behind: {remedy}, or choose another --out") from None
 
 
 def _stats(kind: str, out, n: int, bad_lines: list[str], skips: _Skips, **extra) -> dict:

@@ -12,17 +12,27 @@ Why the image bytes are chosen with care (:func:`wds_image`): CLIP_benchmark dec
 a file is copied byte for byte only where that decode equals declip's (an RGB JPEG, PNG or WebP); any other
 (grey, palette, transparent, 16-bit, CMYK) is stored as a lossless PNG of declip's own decode (transparency over
 white, 16-bit scaled). With ``eval.jpeg_draft=false`` both evaluations then see the same pixels.
+
+Why the layout is written beside the folder and moved in (:func:`write_wds`): the folder may hold files of the
+user's, and a conversion that stops midway (a full disk, an interrupt) must leave neither a half-written set nor
+a folder it emptied; only the layout's own files (:func:`layout_files`) are ever replaced there.
 """
 from __future__ import annotations
 
 import io
+import os
+import re
+import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import Iterable
 
 from ..data.decode import decode_image, read_image_bytes
 
 _KEPT_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+LAYOUT_TEXTS = ("classnames.txt", "zeroshot_classification_templates.txt", "dataset_type.txt")
+_SHARD_FILE = re.compile(r"(\d+\.tar|nshards\.txt)")
 
 
 def wds_image(path: str | Path) -> tuple[str, bytes]:
@@ -52,14 +62,57 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def layout_files(folder: str | Path) -> list[Path]:
+    """The files of the layout in ``folder`` (``test/N.tar``, ``test/nshards.txt``, the three text files): what a
+    conversion writes, and all that it replaces there."""
+    folder = Path(folder)
+    found = [folder / name for name in LAYOUT_TEXTS if (folder / name).is_file()]
+    test = folder / "test"
+    if test.is_dir():
+        found += sorted(p for p in test.iterdir() if _SHARD_FILE.fullmatch(p.name) and p.is_file())
+    return found
+
+
 def write_wds(folder: str | Path, samples: Iterable[tuple[str, bytes, int | list[str]]],
               classnames: list[str] | None = None, templates: Iterable[str] = (), shard_size: int = 1000) -> int:
     """Write ``samples`` (extension, image bytes, class index or captions) as the ``test`` split under
     ``folder``; ``classnames`` given: a classification set with ``templates`` (declip's: ``{}`` strings or
-    open_clip's callables), else a
-    retrieval set. Returns the number of samples written."""
+    open_clip's callables), else a retrieval set. Returns the number of samples written.
+
+    The set is written into a staging folder beside ``folder`` and moved in once complete, replacing only the
+    layout's files of an earlier conversion (another kind's text files included); other files in ``folder`` are
+    kept. On any failure the staging folder, and any parent folder made for it, is removed and ``folder`` is as
+    it was. With no sample at all nothing is written."""
     folder = Path(folder)
+    made = next((p for p in reversed((folder.parent, *folder.parent.parents)) if not p.exists()), None)
+    n, stage, moved = 0, None, False
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.partial-"))
+        n = _write_layout(stage, samples, classnames, templates, shard_size)
+        if n:
+            _move_in(stage, folder)
+            moved = True
+    finally:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        if made is not None and not moved:
+            shutil.rmtree(made, ignore_errors=True)
+    return n
+
+
+def _move_in(stage: Path, folder: Path) -> None:
+    """The staged layout in place of ``folder``'s layout files (renames within one file system)."""
+    for old in layout_files(folder):
+        old.unlink()
     (folder / "test").mkdir(parents=True, exist_ok=True)
+    for new in sorted(stage.rglob("*")):
+        if new.is_file():
+            os.replace(new, folder / new.relative_to(stage))
+
+
+def _write_layout(folder: Path, samples, classnames, templates, shard_size: int) -> int:
+    (folder / "test").mkdir()
     tar, n, shards = None, 0, 0
     for ext, data, target in samples:
         if n % shard_size == 0:
@@ -75,9 +128,9 @@ def write_wds(folder: str | Path, samples: Iterable[tuple[str, bytes, int | list
         n += 1
     if tar is not None:
         tar.close()
+    if not n:
+        return 0
     (folder / "test" / "nshards.txt").write_text(f"{shards}\n")
-    for stale in ("classnames.txt", "zeroshot_classification_templates.txt", "dataset_type.txt"):
-        (folder / stale).unlink(missing_ok=True)  # a folder converted before as the other kind
     if classnames is not None:
         (folder / "classnames.txt").write_text("".join(s + "\n" for s in classnames), encoding="utf-8")
         (folder / "zeroshot_classification_templates.txt").write_text(
