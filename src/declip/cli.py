@@ -24,7 +24,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import ConfigError, load_config
-from .errors import DeclipError
+from .errors import DeclipError, os_error_text
 
 
 def cmd_train(args) -> int:
@@ -163,10 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def one_line(error: BaseException) -> str:
     """What the user reads: the message, with the cause of a full disk said plainly."""
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-        return f"disk full: {error}"
-    if isinstance(error, (FileNotFoundError, IsADirectoryError, PermissionError)):
-        return str(error)
+    if isinstance(error, OSError) and error.strerror:  # the file and the reason, without Python's "[Errno N]"
+        return f"disk full: {os_error_text(error)}" if error.errno == errno.ENOSPC else os_error_text(error)
     lines = str(error).strip().splitlines()
     if lines and lines[0].startswith("Caught ") and "Original Traceback" in str(error):  # from a loader worker
         return lines[-1].split(": ", 1)[-1]

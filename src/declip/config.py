@@ -18,7 +18,8 @@ import yaml
 
 from .config_method import DEFAULT_EDA_OPS, SLIP_DEFAULTS, EdaOp, MethodConfig  # noqa: F401  (re-exported)
 from .config_model import LOGIT_SCALE_MAX, ModelConfig, PresetName, TextConfig, VisionConfig  # noqa: F401
-from .config_parse import Check, build, coerce, parse_override, record_sources, set_dotted, split_device
+from .config_parse import (ACCELERATOR_TYPES, Check, build, coerce, parse_override, record_sources, set_dotted,
+                           split_device)
 from .errors import ConfigError  # noqa: F401  (re-exported: declip.config.ConfigError)
 from .metric_names import TASKS, producible_metrics
 from .presets import apply_preset
@@ -152,9 +153,10 @@ class TrainConfig:
         check(self.dist_timeout_s >= 60, "train.dist_timeout_s", "must be >= 60 seconds")
         check(self.peak_tflops >= 0, "train.peak_tflops", "must be >= 0 (0 = from the device table)")
         check(bool(self.output_dir), "train.output_dir", "must not be empty")
-        check(split_device(self.device) is not None, "train.device",
-              f"{self.device!r}: auto, cpu, or a torch device type with an optional index (cuda, cuda:1, xpu:0, "
-              "npu:3)")
+        parsed = split_device(self.device)
+        check(parsed is not None and parsed[0] in ("auto", "cpu", *ACCELERATOR_TYPES), "train.device",
+              f"{self.device!r}: auto, cpu, or a device type ({', '.join(ACCELERATOR_TYPES)}) with an optional "
+              f"index (cuda:1){' (an NVIDIA or AMD GPU: cuda)' if parsed and parsed[0] == 'gpu' else ''}")
 
 
 @dataclass

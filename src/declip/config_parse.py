@@ -148,6 +148,11 @@ def _scalar(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=1 << 16).strip().removesuffix("\n...").strip()
 
 
+# The accelerator types train.device may name (torch's device types that train, and npu once torch_npu is
+# imported): a misspelling ("gpu") is a config error up front instead of "no GPU device is available here".
+ACCELERATOR_TYPES = ("cuda", "xpu", "mps", "npu", "hpu", "mtia")
+
+
 def split_device(spec: str) -> tuple[str, int | None] | None:
     """``cuda:1`` -> ("cuda", 1), ``cuda`` -> ("cuda", None); None for a malformed value (auto and cpu take no
     index). Shared by the config check and declip.device, so both read a device string the same way."""

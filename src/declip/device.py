@@ -38,14 +38,15 @@ def device_count(device_type: str) -> int:
         return 0
 
 
-def resolve_device_type(want: str) -> str:
-    """``auto`` -> the available accelerator's type or ``cpu``; otherwise ``want`` once checked."""
+def resolve_device_type(want: str, spec: str | None = None) -> str:
+    """``auto`` -> the available accelerator's type or ``cpu``; otherwise ``want`` once checked. ``spec``: the
+    ``train.device`` value as written (``cuda:1``), for the message."""
     if want == "auto":
         acc = torch.accelerator.current_accelerator(check_available=True) if hasattr(torch, "accelerator") \
             else (torch.device("cuda") if torch.cuda.is_available() else None)
         return acc.type if acc is not None else "cpu"
     if want != "cpu" and device_count(want) == 0:
-        raise DeviceError(f"train.device={want} but no {want.upper()} device is available here "
+        raise DeviceError(f"train.device={spec or want} but no {want.upper()} device is available here "
                           "(use train.device=cpu or auto)")
     return want
 
@@ -57,7 +58,7 @@ def resolve_device(want: str, local_rank: int = 0, local_world_size: int = 1) ->
     if parsed is None:
         raise ConfigError(f"train.device={want}: auto, cpu, or a device type with an optional index (cuda:1)")
     device_type, index = parsed[0], parsed[1]
-    device_type = resolve_device_type(device_type)
+    device_type = resolve_device_type(device_type, want)
     if device_type == "cpu":
         return torch.device("cpu")
     n = device_count(device_type)

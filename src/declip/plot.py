@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .errors import DataError
 from .train.metrics import read_metrics
 
 # (title, y label, which train keys, which eval keys); a key ending in '*' is a prefix
@@ -52,8 +53,9 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     records = read_metrics(metrics)
     train = [r for r in records if r.get("kind", "train") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]
-    if not train and not evals:
-        raise ValueError(f"{metrics}: no train or eval records to plot")
+    if not train and not evals:  # a run that has not logged its first step yet (or another file)
+        raise DataError(f"{metrics}: no train or eval record to plot yet (a run appends one every "
+                        "train.log_every steps): plot again once the run has logged a step")
     out = Path(out) if out else metrics.parent / "curves.png"
 
     import matplotlib

@@ -24,13 +24,18 @@ LOCK_NAME = ".lock"
 
 
 def make_output_dir(directory: Path) -> None:
-    """``mkdir -p`` with the key named when the path (or a parent) is a file: the OS says only 'File exists'."""
+    """``mkdir -p`` with the key named when the path (or a parent) is a file (the OS says only 'File exists') or
+    cannot be created."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as e:
         blocker = next((p for p in (directory, *directory.parents) if p.is_file()), directory)
         raise RunDirError(f"train.output_dir={directory}: {blocker} is a file, not a folder; choose another "
                           "train.output_dir or move the file away") from e
+    except OSError as e:  # a read-only file system, no permission, a full disk
+        raise RunDirError(f"train.output_dir={directory}: cannot create {e.filename or directory} "
+                          f"({e.strerror or e}): make its parent folder writable or choose another "
+                          "train.output_dir") from None
 
 
 def holder_info() -> dict:
@@ -57,7 +62,7 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         make_output_dir(self.path.parent)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -70,6 +75,20 @@ class RunLock:
         os.fsync(fd)
         self._fd = fd
         return self
+
+    def _open(self) -> int:
+        """The lock file, opened for writing; a folder in its place or a folder that cannot be written (read-only,
+        no permission) as one line naming the file and the key."""
+        key = f"train.output_dir={self.path.parent}"
+        if self.path.is_dir():
+            raise RunDirError(f"{key}: {self.path} is a folder (the run's lock file has that name): remove or "
+                              "rename it, or choose another train.output_dir")
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunDirError(f"{key}: cannot write {self.path} ({e.strerror or e}): the run writes its lock, "
+                              "log, metrics and checkpoints there; make the folder writable or choose another "
+                              "train.output_dir") from None
 
     def release(self) -> None:
         """Idempotent. The file stays: removing it would let a third run lock a new file while a second still
