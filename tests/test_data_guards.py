@@ -118,6 +118,7 @@ def test_slow_sample_is_skipped_as_timeout_and_named(guarded, monkeypatch):
 
 def test_reads_that_never_return_stop_with_one_line(monkeypatch):
     monkeypatch.setattr(bounded, "_abandoned", [])  # reads an earlier test gave up on may still be sleeping
+    monkeypatch.setattr(bounded, "STALL_GRACE_S", 0.2)  # what the oldest stuck read gets to prove itself slow
     release = threading.Event()
     try:
         for i in range(bounded.MAX_STUCK - 1):

@@ -6,7 +6,10 @@ can interrupt it, but the caller need not wait for it: :func:`call_bounded` runs
 thread of the calling thread and gives up after ``timeout_s``, skipping the sample as ``timeout``. The stuck
 helper is abandoned (it exits if its read ever returns) and the next call gets a fresh one. So what is bounded is
 the caller's wait, not the kernel's: after :data:`MAX_STUCK` reads that never returned, the file system is taken
-as hung and :class:`DataStallError` stops the run instead of piling up stuck threads.
+as hung and :class:`DataStallError` stops the run instead of piling up stuck threads. "Never returned" is
+checked, not assumed: with a short timeout (``data check --timeout 0.01``) reads that are merely slow are
+abandoned as often, so the oldest one is given :data:`STALL_GRACE_S` (or the timeout, if longer) more to return;
+if it does, the samples stay ``timeout`` skips and the work goes on.
 
 The handoff costs one queue round trip (tens of microseconds) against milliseconds of decoding per sample.
 A FIFO in place of an image never reaches a blocking read: :func:`declip.data.decode.read_image_bytes` opens
@@ -24,6 +27,7 @@ from .errors import BadSample, DataStallError
 
 T = TypeVar("T")
 MAX_STUCK = 4  # reads of one process that never returned before the file system counts as hung
+STALL_GRACE_S = 10.0  # what the oldest of them gets on top of the timeout to prove itself slow, not hung
 _local = threading.local()
 _abandoned: list[threading.Thread] = []
 _abandoned_lock = threading.Lock()
@@ -58,10 +62,22 @@ def _stuck_threads(new: threading.Thread) -> int:
         return len(_abandoned)
 
 
-def call_bounded(fn: Callable[[], T], timeout_s: float, where: str | Callable[[], str]) -> T:
+def _oldest_returns(grace_s: float) -> bool:
+    """Whether the oldest abandoned read still alive returns within ``grace_s``: slow, not hung."""
+    with _abandoned_lock:
+        oldest = next((t for t in _abandoned if t.is_alive()), None)
+    if oldest is not None:
+        oldest.join(grace_s)
+    return oldest is None or not oldest.is_alive()
+
+
+def call_bounded(fn: Callable[[], T], timeout_s: float, where: str | Callable[[], str],
+                 knob: str = "data.sample_timeout_s", then: str = "resume with --resume latest") -> T:
     """``fn()``, or :class:`BadSample` ``timeout`` if it has not returned after ``timeout_s`` seconds.
     ``where`` names the sample (e.g. FILE:LINE), or is a callable giving the name, only called on a timeout
-    (a shard's key costs a read). Exceptions of ``fn`` are raised here."""
+    (a shard's key costs a read). Exceptions of ``fn`` are raised here. ``knob`` (the setting that gave
+    ``timeout_s``) and ``then`` (what to do once the mount is fixed) word the messages for the caller: a run
+    resumes, ``data check`` runs again."""
     helper = getattr(_local, "helper", None)
     if helper is None or helper.pid != os.getpid():
         helper = _local.helper = _Helper()
@@ -73,12 +89,12 @@ def call_bounded(fn: Callable[[], T], timeout_s: float, where: str | Callable[[]
         _local.helper = None
         where = where() if callable(where) else where
         stuck = _stuck_threads(helper.thread)
-        if stuck >= MAX_STUCK:
+        grace = max(timeout_s, STALL_GRACE_S)
+        if stuck >= MAX_STUCK and not _oldest_returns(grace):
             raise DataStallError(
-                f"{stuck} reads have not returned after data.sample_timeout_s={timeout_s:g} s (the latest: "
-                f"{where}): the file system looks hung; check the mount, then resume with --resume latest") from None
-        raise BadSample("timeout", f"{where}: not read and decoded within data.sample_timeout_s={timeout_s:g} s") \
-            from None
+                f"{stuck} reads have not returned after {knob}={timeout_s:g} s, the oldest not in {grace:g} s more "
+                f"(the latest: {where}): the file system looks hung; check the mount, then {then}") from None
+        raise BadSample("timeout", f"{where}: not read and decoded within {knob}={timeout_s:g} s") from None
     if ok:
         return value
     raise value

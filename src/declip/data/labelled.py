@@ -21,7 +21,7 @@ from typing import TextIO
 
 from .decode import DEFAULT_MAX_PIXELS
 from .errors import SKIP_REASONS, BadSample
-from .scan import Problems, at_line, ordered
+from .scan import CHECK_WORDING, Problems, at_line, ordered
 
 LABELLED, CAPTIONS = "labelled", "captions"
 # reasons of a labelled check besides the skip reasons: a contradicting label_name, labels with no name at all
@@ -79,7 +79,8 @@ def check_labelled(path: str, root: str, threads: int = 8, max_examples: int = 5
             if why:
                 raise BadSample("bad_line", why)
             image = src.image_path(rec, i)
-            call_bounded(lambda: load_image(image, image_size, max_pixels), timeout_s, f"{src.path}:{i + 1}")
+            call_bounded(lambda: load_image(image, image_size, max_pixels), timeout_s, f"{src.path}:{i + 1}",
+                         **CHECK_WORDING)
             return None, (rec["label"], rec.get("label_name"))
         except BadSample as e:
             return (e.reason, at_line(src, i, e.detail)), None

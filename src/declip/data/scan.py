@@ -9,6 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, TextIO
 
 
+# How a check's bounded reads word their timeout and a hung mount: the flag that set the limit, and what to do
+# once the mount is fixed (data check is run again; "--resume latest" is a run's way back, not a check's).
+CHECK_WORDING = {"knob": "--timeout", "then": "run the check again"}
+
+
 def ordered(fn: Callable, n: int, threads: int, progress: bool, desc: str) -> Iterator:
     """``fn(i)`` for i in range(n), in order, on ``threads`` threads, with at most a few chunks in flight."""
     from tqdm import tqdm

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .bounded import call_bounded
-from .scan import Problems, at_line, ordered
+from .scan import CHECK_WORDING, Problems, at_line, ordered
 from .decode import DEFAULT_MAX_PIXELS
 from .errors import SKIP_REASONS, BadSample
 
@@ -60,7 +60,8 @@ def check_manifest(path: str, root: str, threads: int = 8, max_examples: int = 5
         try:
             rec = src.record(i)
             image = src.image_path(rec, i)  # the record parsed once: load() would read and parse the line again
-            call_bounded(lambda: load_image(image, image_size, max_pixels), timeout_s, f"{src.path}:{i + 1}")
+            call_bounded(lambda: load_image(image, image_size, max_pixels), timeout_s, f"{src.path}:{i + 1}",
+                         **CHECK_WORDING)
             return None, _is_long(rec["caption"])
         except BadSample as e:
             return (e.reason, at_line(src, i, e.detail)), False

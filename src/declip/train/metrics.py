@@ -16,6 +16,7 @@ from ..config import Config, from_preset
 from ..errors import RunDirError
 from ..metric_names import producible_metrics
 from .checkpoint import write_failure
+from .run_files import RunLogFile, open_scalars
 
 log = logging.getLogger("declip")
 
@@ -38,7 +39,7 @@ def setup_logging(output_dir: Path | None, is_main: bool) -> None:
     handlers: list[logging.Handler] = [ConsoleHandler(sys.stdout)]
     if output_dir is not None and is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(output_dir / "train.log"))
+        handlers.append(RunLogFile(output_dir / "train.log"))  # a full disk: one warning, not a traceback
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", handlers=handlers, force=True)
 
 
@@ -210,13 +211,7 @@ class MetricsWriter:
         self.path = output_dir / "metrics.jsonl"
         self.jsonl = open(self.path, "a", encoding="utf-8")
         if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                purge = None if resume_step is None else resume_step + 1
-                self.tb = SummaryWriter(str(output_dir / "tensorboard"), purge_step=purge)
-            except ImportError:  # tensorboard is a dependency, but a missing one must not stop training
-                log.warning("tensorboard is not installed; scalars go to metrics.jsonl only")
+            self.tb = open_scalars(output_dir / "tensorboard", None if resume_step is None else resume_step + 1)
 
     def write(self, step: int, values: dict[str, float], kind: str = "train") -> None:
         if not self.enabled:
@@ -230,7 +225,7 @@ class MetricsWriter:
         if self.tb is not None:
             for k, v in values.items():
                 if isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"{kind}/{k}", v, step)
+                    self.tb.add(f"{kind}/{k}", v, step)
 
     def close(self) -> None:
         if self.enabled:
