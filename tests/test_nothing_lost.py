@@ -26,6 +26,22 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 NUL_NAME = "a\u0000b.png"
 
 
+@pytest.fixture(autouse=True)
+def own_logging():
+    """A run in this process points the root logger at the test's captured stdout and its train.log: give the
+    next test the handlers it had (a closed capture stream would print '--- Logging error ---' there)."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    root.handlers[:], root.level = handlers, level
+
+
 def one_line(capsys, *argv, code=None) -> str:
     rc = cli_main(list(argv))
     err = capsys.readouterr().err.strip().splitlines()

@@ -121,8 +121,8 @@ class TrainConfig:
     batch_size: int = 64  # per device
     grad_accum: int = 1  # micro-batches of batch_size per optimizer step (negatives stay per micro-batch)
     seed: int = 0
-    device: str = "auto"  # auto | cpu | a device type (cuda, xpu, npu, ...) | TYPE:N (one device, single-process
-    # runs; under torchrun each local rank takes its own): declip.device resolves it
+    device: str = "auto"  # auto | cpu | a device type (cuda, xpu, mps, npu, hpu, mtia) | TYPE:N (one device,
+    # single-process runs; under torchrun each local rank takes its own): declip.device resolves it
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     mode: Literal["full", "performance"] = "full"
     log_every: int = 20

@@ -1,9 +1,10 @@
 """One place that turns ``train.device`` into a torch device and a process-group backend.
 
 ``auto`` takes the accelerator torch reports (CUDA, XPU, MPS, or an NPU once ``torch_npu`` is imported),
-else the CPU. Any other value names a device type; ``npu`` imports ``torch_npu`` lazily (untested here: no
-Ascend machine). Each local rank gets its own device: more local ranks than devices is refused, because
-ranks stacked on one device either fail in the collective library or silently share it.
+else the CPU. Any other value names a device type (one of ``config_parse.ACCELERATOR_TYPES``, checked
+with the config); ``npu`` imports ``torch_npu`` lazily (untested here: no Ascend machine). Each local rank
+gets its own device: more local ranks than devices is refused, because ranks stacked on one device either fail
+in the collective library or silently share it.
 
 ``TYPE:N`` (``cuda:1``) picks one device for a single-process run. Under torchrun with several processes on a
 node it is a config error: one index cannot serve every local rank, and choosing the GPUs is
