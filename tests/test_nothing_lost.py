@@ -119,7 +119,7 @@ def test_to_wds_refuses_a_non_empty_out_and_overwrite_removes_only_its_own_files
     assert not (out / "classnames.txt").exists() and not (out / "zeroshot_classification_templates.txt").exists()
     assert (out / "dataset_type.txt").read_text() == "retrieval\n"
     assert sorted(p.name for p in (out / "test").iterdir()) == ["0.tar", "mine.txt", "nshards.txt"]
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "no staging folder left"
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [], "no staging folder left"
 
 
 def test_to_wds_failing_midway_leaves_no_half_written_folder(own, tmp_path, capsys, monkeypatch):
@@ -146,7 +146,7 @@ def test_to_wds_failing_midway_leaves_no_half_written_folder(own, tmp_path, caps
     monkeypatch.setattr(to_wds, "wds_image", full_disk_after_two)
     one_line(capsys, *_to_wds(own / "captions.jsonl", own, out, "--overwrite"), code=2)
     assert _snapshot(out) == converted, "the earlier conversion is kept whole"
-    assert sorted(p.name for p in out.parent.iterdir()) == ["wds"], "no staging folder left"
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [], "no staging folder left"
 
 
 def test_to_wds_out_that_is_a_file_or_holds_a_file_named_test(own, tmp_path, capsys):

@@ -13,7 +13,7 @@ a file is copied byte for byte only where that decode equals declip's (an RGB JP
 (grey, palette, transparent, 16-bit, CMYK) is stored as a lossless PNG of declip's own decode (transparency over
 white, 16-bit scaled). With ``eval.jpeg_draft=false`` both evaluations then see the same pixels.
 
-Why the layout is written beside the folder and moved in (:func:`write_wds`): the folder may hold files of the
+Why the layout is staged and then moved in (:func:`write_wds`): the folder may hold files of the
 user's, and a conversion that stops midway (a full disk, an interrupt) must leave neither a half-written set nor
 a folder it emptied; only the layout's own files (:func:`layout_files`) are ever replaced there.
 """
@@ -79,16 +79,17 @@ def write_wds(folder: str | Path, samples: Iterable[tuple[str, bytes, int | list
     ``folder``; ``classnames`` given: a classification set with ``templates`` (declip's: ``{}`` strings or
     open_clip's callables), else a retrieval set. Returns the number of samples written.
 
-    The set is written into a staging folder beside ``folder`` and moved in once complete, replacing only the
-    layout's files of an earlier conversion (another kind's text files included); other files in ``folder`` are
-    kept. On any failure the staging folder, and any parent folder made for it, is removed and ``folder`` is as
-    it was. With no sample at all nothing is written."""
+    The set is written into a hidden staging folder inside ``folder`` (the same file system, so moving it in is
+    a rename) and moved in once complete, replacing only the layout's files of an earlier conversion (another
+    kind's text files included); other files in ``folder`` are kept. On any failure the staging folder, and any
+    folder made for it, ``folder`` included, is removed, and ``folder`` is as it was. With no sample at all
+    nothing is written."""
     folder = Path(folder)
-    made = next((p for p in reversed((folder.parent, *folder.parent.parents)) if not p.exists()), None)
+    made = next((p for p in reversed((folder, *folder.parents)) if not p.exists()), None)
     n, stage, moved = 0, None, False
     try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.partial-"))
+        folder.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(dir=folder, prefix=".partial-"))
         n = _write_layout(stage, samples, classnames, templates, shard_size)
         if n:
             _move_in(stage, folder)
@@ -102,13 +103,18 @@ def write_wds(folder: str | Path, samples: Iterable[tuple[str, bytes, int | list
 
 
 def _move_in(stage: Path, folder: Path) -> None:
-    """The staged layout in place of ``folder``'s layout files (renames within one file system)."""
-    for old in layout_files(folder):
-        old.unlink()
-    (folder / "test").mkdir(parents=True, exist_ok=True)
+    """The staged layout in place of ``folder``'s layout files: each new file renamed over its old name first,
+    then the old layout files the new set has not replaced removed (a set with fewer shards, the other kind's
+    text files), so that no moment leaves ``folder`` without a set."""
+    stale = set(layout_files(folder))
+    (folder / "test").mkdir(exist_ok=True)
     for new in sorted(stage.rglob("*")):
         if new.is_file():
-            os.replace(new, folder / new.relative_to(stage))
+            target = folder / new.relative_to(stage)
+            os.replace(new, target)
+            stale.discard(target)
+    for old in stale:
+        old.unlink()
 
 
 def _write_layout(folder: Path, samples, classnames, templates, shard_size: int) -> int:
