@@ -320,6 +320,27 @@ def test_full_disk_in_tensorboard_names_the_folder(tmp_path, capsys, monkeypatch
     assert "start the run again with --overwrite" in line
 
 
+def test_tensorboard_failing_mid_run_names_the_folder(tmp_path, monkeypatch):
+    from tensorboard.summary.writer import record_writer
+
+    from declip.errors import RunDirError
+    from declip.train.run_files import Scalars
+
+    scalars = Scalars(tmp_path / "tensorboard", None)
+    scalars.add("train/loss", 1.0, 1)
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(record_writer.RecordWriter, "write", full)
+    deadline = time.monotonic() + 30
+    with pytest.raises(RunDirError, match=f"cannot write {tmp_path / 'tensorboard'} \\(No space left on device;"):
+        while time.monotonic() < deadline:  # the writer thread fails first; the next scalar raises its error
+            scalars.add("train/loss", 2.0, 2)
+            time.sleep(0.01)
+    scalars.close()  # the failed flush is not raised again
+
+
 def test_small_check_timeout_reports_slow_reads_as_timeouts_not_a_hung_mount(own, capsys, monkeypatch):
     import declip.data.bounded as bounded
     import declip.data.decode as decode

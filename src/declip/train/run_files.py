@@ -77,7 +77,7 @@ class Scalars:
     def __init__(self, folder: Path, purge_step: int | None):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.folder = folder
+        self.folder, self.failed = folder, False
         _quiet_tensorboard_threads()
         with self._named():
             self.writer = SummaryWriter(str(folder), purge_step=purge_step)
@@ -87,6 +87,7 @@ class Scalars:
         try:
             yield
         except OSError as e:
+            self.failed = True
             raise RunDirError(write_failure(self.folder, e.strerror or str(e))) from e
 
     def add(self, tag: str, value: float, step: int) -> None:
@@ -96,8 +97,10 @@ class Scalars:
     def close(self) -> None:
         try:
             self.writer.close()
-        except OSError:  # the flush of a write that already failed: that error is reported
-            pass
+        except OSError as e:
+            if not self.failed:  # first seen here (the writer thread failed after the last scalar)
+                log.warning("cannot write %s (%s): its last scalars are lost; metrics.jsonl has them",
+                            self.folder, e.strerror or e)
 
 
 def open_scalars(folder: Path, purge_step: int | None) -> Scalars | None:
