@@ -104,3 +104,67 @@ def test_our_groups_are_open_clips(extra):
 def test_bad_lock_settings_fail_up_front(overrides, key):
     with pytest.raises(ConfigError, match=key):
         tiny_config(*overrides)
+
+
+# ------------------------------------------------------------------------------------- lr per part
+def test_default_groups_are_the_reference_two():
+    """No multiplier and no decay: the two groups (decay, no decay) that checkpoints before issue 40 hold."""
+    from declip.train.optim import build_optimizer
+
+    cfg = tiny_config("method.name=declip", "model.lock_text=true")
+    opt = build_optimizer(build_method(cfg), cfg.optim)
+    assert [g["weight_decay"] for g in opt.param_groups] == [cfg.optim.weight_decay, 0.0]
+    assert all(g["lr_mult"] == 1.0 and g["part"] == "all" for g in opt.param_groups)
+
+
+def test_layer_decay_scales_each_tower_group():
+    from declip.train.optim import build_optimizer, set_lr
+
+    cfg = tiny_config("method.name=declip", "optim.image_lr_mult=0.5", "optim.layer_decay=0.5",
+                      "optim.heads_lr_mult=10")
+    method = build_method(cfg)
+    opt = build_optimizer(method, cfg.optim)
+    set_lr(opt, 1.0)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    groups = image_groups(method.clip.visual)
+    for i, group in enumerate(groups):  # the projection (last) at 0.5, each group below it half the one above
+        assert {lr_of[id(p)] for p in group if p.requires_grad} == {0.5 * 0.5 ** (len(groups) - 1 - i)}
+    assert {lr_of[id(p)] for p in method.projector.parameters()} == {10.0}
+    assert lr_of[id(method.clip.logit_scale)] == 1.0  # the logit scale keeps the scheduled lr
+    assert lr_of[id(method.clip.text.text_projection.weight)] == 1.0
+    assert lr_of[id(method.clip.text.token_embedding.weight)] == 0.5 ** (len(text_groups(method.clip.text)) - 1)
+
+
+def test_per_part_lrs_in_metrics_and_log(tiny_cfg):
+    from helpers import metrics
+
+    cfg = tiny_cfg("method.name=declip", "optim.image_lr_mult=0.1", "optim.heads_lr_mult=10",
+                   "model.lock_text=true", "model.lock_text_unlocked_layers=1", *FAST)
+    _, _, trainer = train_and_compare(cfg)
+    rows = metrics(trainer.out / "metrics.jsonl")
+    assert rows and all(r["lr/image"] == pytest.approx(0.1 * r["lr"]) and r["lr/heads"] == pytest.approx(10 * r["lr"])
+                        and r["lr/text"] == pytest.approx(r["lr"]) for r in rows)
+    assert len({r["lr"] for r in rows}) > 1  # the schedule moves, the multipliers follow it
+    log = (trainer.out / "train.log").read_text()
+    assert "lr per part: image x0.1, text x1, heads x10" in log
+    assert "model.lock_text: the text tower is frozen but its last 1 of 4 groups" in log
+    assert "parameters trainable / total: image " in log
+
+
+def test_changed_lr_groups_refuse_to_resume_in_one_line(tiny_cfg):
+    from declip.errors import CheckpointError
+
+    cfg = tiny_cfg("method.name=clip", "train.steps=2", "eval.builtin=false")
+    train_and_compare(cfg)
+    changed = tiny_cfg("method.name=clip", "train.steps=3", "eval.builtin=false", "optim.image_lr_mult=0.5")
+    with pytest.raises(CheckpointError, match="optimizer has parameter groups"):
+        Trainer(changed, resume="latest", allow_config_change=True)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["optim.image_lr_mult=0"], "optim.image_lr_mult"),
+    (["optim.layer_decay=1.5"], "optim.layer_decay"),
+])
+def test_bad_lr_settings_fail_up_front(overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        tiny_config(*overrides)
