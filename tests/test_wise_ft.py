@@ -77,3 +77,26 @@ def test_interpolate_refuses_another_architecture_in_one_line(tiny_cfg, tmp_path
     assert cli_main(["export", str(tmp_path / "tuned.pt"), str(tmp_path / "x"), "--interpolate", "2",
                      "--from", str(tmp_path / "other.pt")]) == 1
     assert "in [0, 1]" in capsys.readouterr().err
+
+
+def test_eval_sweeps_alpha_and_its_ends_are_the_two_models(tiny_cfg, tmp_path, capsys):
+    cfg = tiny_cfg("method.name=clip")
+    checkpoint(cfg, tmp_path / "start.pt", seed=1)
+    checkpoint(cfg, tmp_path / "tuned.pt", seed=2)
+
+    def evaluate(*argv):
+        assert cli_main(["eval", *argv]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    curve = evaluate("--checkpoint", str(tmp_path / "tuned.pt"), "--from", str(tmp_path / "start.pt"),
+                     "--interpolate", "0,0.5,1")
+    assert list(curve) == ["0", "0.5", "1"]
+    assert curve["1"] == evaluate("--checkpoint", str(tmp_path / "tuned.pt"))
+    assert curve["0"] == evaluate("--checkpoint", str(tmp_path / "start.pt"))
+    assert curve["0"] != curve["1"]  # not a trivial pass: the two models score differently
+    assert cli_main(["eval", "--checkpoint", str(tmp_path / "tuned.pt"), "--from", str(tmp_path / "start.pt"),
+                     "--interpolate", "0,1", "--brief"]) == 0
+    brief = capsys.readouterr().out
+    assert brief.startswith("alpha 0:\n  ") and "\nalpha 1:\n  " in brief
+    assert cli_main(["eval", "--checkpoint", str(tmp_path / "tuned.pt"), "--interpolate", "0.5"]) == 2
+    assert "--from START" in capsys.readouterr().err
