@@ -168,3 +168,46 @@ def test_changed_lr_groups_refuse_to_resume_in_one_line(tiny_cfg):
 def test_bad_lr_settings_fail_up_front(overrides, key):
     with pytest.raises(ConfigError, match=key):
         tiny_config(*overrides)
+
+
+# ------------------------------------------------------------------------------- every method, SyncBN
+METHODS = {"clip": [], "declip": [], "slip": ["method.simclr_hidden_dim=32", "method.simclr_out_dim=16"],
+           "filip": ["method.filip_topk=3"], "defilip": ["method.filip_topk=3"]}
+
+
+@pytest.mark.parametrize("lock", ["model.lock_image=true", "model.lock_text=true"])
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_trains_its_heads_on_a_locked_tower(name, lock):
+    """One forward/backward of each method with a locked tower: no gradient reaches it, every trainable parameter
+    of the rest gets one (the heads on the locked tower included)."""
+    from declip.train.accel import prepare_method
+    from dist_worker import make_batch
+
+    cfg = tiny_config(f"method.name={name}", *METHODS[name], lock, small=True)
+    torch.manual_seed(0)
+    method = build_method(cfg)
+    prepare_method(method, cfg, "cpu", world_size=1)
+    losses, _ = method.train()(make_batch(cfg, 4))
+    sum(losses.values()).backward()
+    locked = method.clip.visual if "image" in lock else method.clip.text
+    assert all(p.grad is None and not p.requires_grad for p in locked.parameters())
+    trainable = [n for n, p in method.named_parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None for p in method.parameters() if p.requires_grad), trainable
+    if name in ("declip", "slip", "filip", "defilip"):  # the method's own heads train
+        assert any(not n.startswith("clip.") for n in trainable)
+
+
+def test_frozen_statistics_survive_sync_batchnorm():
+    """train.sync_bn converts the ResNet's BatchNorm after the lock would have frozen it: the freeze is applied
+    to the converted layers, which stay in eval mode through train()."""
+    from declip.models.locks import StatsFrozenSyncBatchNorm
+    from declip.train.accel import prepare_method
+
+    cfg = tiny_config("method.name=clip", *TINY_RN, "model.lock_image=true", "model.lock_image_freeze_bn_stats=true",
+                      "train.sync_bn=true")
+    method = build_method(cfg)
+    prepare_method(method, cfg, "cpu", world_size=1)
+    method.train()
+    norms = [m for m in method.clip.visual.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
+    assert norms and all(isinstance(m, StatsFrozenSyncBatchNorm) and not m.training for m in norms)
+    assert set(method.clip.state_dict()) == set(build_method(cfg).clip.state_dict())  # the same keys

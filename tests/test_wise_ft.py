@@ -100,3 +100,19 @@ def test_eval_sweeps_alpha_and_its_ends_are_the_two_models(tiny_cfg, tmp_path, c
     assert brief.startswith("alpha 0:\n  ") and "\nalpha 1:\n  " in brief
     assert cli_main(["eval", "--checkpoint", str(tmp_path / "tuned.pt"), "--interpolate", "0.5"]) == 2
     assert "--from START" in capsys.readouterr().err
+
+
+def test_a_start_with_open_clips_vocabulary_keeps_the_mask_row(tiny_cfg, tmp_path):
+    """An open_clip start has 49,408 token rows: they are mixed, the fine-tuned mask-token row stays as it is."""
+    from safetensors.torch import save_file
+
+    cfg = tiny_cfg("method.name=clip")
+    start = checkpoint(cfg, tmp_path / "start.pt", seed=1)
+    tuned = checkpoint(cfg, tmp_path / "tuned.pt", seed=2)
+    key = "text.token_embedding.weight"
+    save_file({**{k: v.contiguous() for k, v in start.items()}, key: start[key][:-1].contiguous()},
+              str(tmp_path / "start.safetensors"))
+    out = export_open_clip(tmp_path / "tuned.pt", tmp_path / "mix", interpolate=0.5,
+                           start=str(tmp_path / "start.safetensors"))
+    rows = load_file(str(out / WEIGHTS_NAME))[key]
+    assert torch.equal(rows[:-1], (start[key][:-1] + tuned[key][:-1]) / 2) and torch.equal(rows[-1], tuned[key][-1])
