@@ -102,14 +102,17 @@ def lock_towers(clip: nn.Module, cfg: ModelConfig) -> list[str]:
             if cfg.vision.freeze_conv1:  # DeCLIP's frozen patch embedding stays frozen if group 0 is unlocked
                 clip.visual.conv1.requires_grad_(False)
         frozen_bn = freeze_bn_stats(clip.visual) if cfg.lock_image_freeze_bn_stats else 0
-        lines.append(f"model.lock_image: the image tower is frozen but its last {n} of "
-                     f"{len(image_groups(clip.visual))} groups" + (f"; {frozen_bn} BatchNorm layers keep their "
-                                                                   "running statistics" if frozen_bn else ""))
+        lines.append(f"model.lock_image: the image tower is {_kept(n, len(image_groups(clip.visual)))}"
+                     + (f"; {frozen_bn} BatchNorm layers keep their running statistics" if frozen_bn else ""))
     if cfg.lock_text:
         clip.lock_text_tower(unlocked_layers=cfg.lock_text_unlocked_layers, freeze_layer_norm=True)
-        lines.append(f"model.lock_text: the text tower is frozen but its last {cfg.lock_text_unlocked_layers} of "
-                     f"{len(text_groups(clip.text))} groups")
+        lines.append(f"model.lock_text: the text tower is "
+                     f"{_kept(cfg.lock_text_unlocked_layers, len(text_groups(clip.text)))}")
     return lines
+
+
+def _kept(unlocked: int, total: int) -> str:
+    return f"frozen but its last {unlocked} of {total} groups" if unlocked else f"frozen (all {total} groups)"
 
 
 PARTS = ("image", "text", "heads", "scale")
