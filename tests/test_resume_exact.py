@@ -28,7 +28,10 @@ TIMING_KEYS = {"time", "images_per_s", "data_wait", "step_time_s", "tflops", "mf
 # a case name's overrides beyond method.name: SLIP trained with the sigmoid loss covers both the SimCLR head and
 # the sigmoid loss's own scale and bias (one case instead of two: each costs three processes)
 EXTRA = {"slip+sigmoid": ["method.simclr_hidden_dim=32", "method.simclr_out_dim=16",
-                         "method.contrastive_loss=sigmoid"]}
+                         "method.contrastive_loss=sigmoid"],
+         # fine-tuning (issue 40): a partly locked image tower, per-part lrs and layer decay (own param groups)
+         "declip+finetune": ["model.lock_image=true", "model.lock_image_unlocked_groups=2", "optim.text_lr_mult=0.5",
+                             "optim.heads_lr_mult=4", "optim.layer_decay=0.8"]}
 
 
 def write_config(path: Path, out: Path, method: str) -> Path:
@@ -86,7 +89,7 @@ def assert_same_state(a, b, where: str = "") -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["declip", "clip", "slip+sigmoid", "filip", "defilip"])
+@pytest.mark.parametrize("method", ["declip", "clip", "slip+sigmoid", "filip", "defilip", "declip+finetune"])
 def test_sigkill_then_resume_latest_is_bit_exact(tmp_path, method):
     seed = int(os.environ.get("DECLIP_KILL_SEED", time.time_ns() % 100_000))
     kill_step = random.Random(seed).randint(4, STEPS - 2)  # the first checkpoint is at step 3

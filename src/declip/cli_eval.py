@@ -57,6 +57,11 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="token: FILIP's token-wise similarity for zero-shot and retrieval (filip/defilip "
                         "checkpoints; eval.similarity); default: the checkpoint's eval.similarity (global)")
     p.add_argument("--brief", action="store_true", help="one line per set instead of the JSON metrics")
+    p.add_argument("--interpolate", default=None, metavar="A,B,...",
+                   help="WiSE-FT: evaluate (1 - A) * START + A * CHECKPOINT for each A in [0, 1] (needs --from) "
+                        "and print the curve, e.g. --interpolate 0,0.25,0.5,0.75,1")
+    p.add_argument("--from", dest="start", default="", metavar="START",
+                   help="the model the checkpoint was fine-tuned from (anything model.init_from accepts)")
     p.add_argument("--write-builtin", default=None, metavar="DIR",
                    help="write the built-in held-out sets as manifests + PNGs to DIR and exit")
     p.add_argument("overrides", nargs="*", metavar="eval.KEY=VALUE",
@@ -134,11 +139,17 @@ def run_eval_command(args) -> int:
     except EvalDataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    sweep = args.interpolate is not None
     if args.brief:
-        print(format_results(results))
-    else:  # the flat metrics as JSON, as `declip eval` always printed them
-        print(json.dumps({k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in results.items()}, indent=1))
+        print("\n".join(f"alpha {a}:\n  " + format_results(r).replace("\n", "\n  ") for a, r in results.items())
+              if sweep else format_results(results))
+    else:  # the flat metrics as JSON, as `declip eval` always printed them (a sweep: {alpha: metrics})
+        print(json.dumps({a: _rounded(r) for a, r in results.items()} if sweep else _rounded(results), indent=1))
     return 0
+
+
+def _rounded(results: dict) -> dict:
+    return {k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in results.items()}
 
 
 def _evaluate(args) -> dict:
@@ -176,7 +187,23 @@ def _evaluate(args) -> dict:
         raise EvalDataError(f"--task {idle[0]} has no data: give its files (zeroshot: --val-manifest/--val-root; "
                             f"retrieval: --captions/--root; linear-probe: --train-manifest/--test-manifest) or "
                             f"--builtin for the built-in set ({BUILTIN_SET[idle[0]]}/)")
-    return run_evaluation(clip, cfg, device, dense=dense)
+    if args.interpolate is None and not args.start:
+        return run_evaluation(clip, cfg, device, dense=dense)
+    return _wise_ft_sweep(args, clip, cfg, device)
+
+
+def _wise_ft_sweep(args, clip, cfg, device) -> dict[str, dict]:
+    """{alpha: metrics} of each WiSE-FT mix (models/wise_ft.py), the checkpoint's towers mixed with --from."""
+    from .eval.common import EvalDataError
+    from .eval.suite import run_evaluation
+    from .models.wise_ft import Interpolation, parse_alphas
+
+    if not args.start or args.interpolate is None or cfg.eval.similarity == "token":
+        raise EvalDataError("--interpolate A,B,... and --from START go together (WiSE-FT), with global similarity "
+                            "(FILIP's dense heads are not mixed)")
+    alphas = parse_alphas(args.interpolate)
+    mixer = Interpolation(clip, args.start, str(args.checkpoint))
+    return {f"{a:g}": run_evaluation(mixer.apply(a), cfg, device) for a in alphas}
 
 
 def format_results(results: dict) -> str:

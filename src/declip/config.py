@@ -97,6 +97,12 @@ class OptimConfig:
     # (global batch / base_batch) ** 1/2 (sqrt) or ** 1 (linear). none: used as written (the recipe configs).
     lr_scaling: Literal["none", "sqrt", "linear"] = "none"
     base_batch: int = 4096  # the reference's global batch (128 per GPU x 32 GPUs)
+    # fine-tuning (train/optim.py): the lr of each part is the scheduled lr times its multiplier; layer_decay d < 1
+    # also scales a tower's lock group i of n (input first; models/locks.py) by d ** (n - 1 - i)
+    image_lr_mult: float = 1.0
+    text_lr_mult: float = 1.0
+    heads_lr_mult: float = 1.0  # the heads a method adds: projectors, predictors, SimCLR / MLM / dense heads
+    layer_decay: float = 1.0
 
     def lr_scale(self, global_batch: int) -> float:
         ratio = global_batch / self.base_batch
@@ -113,6 +119,10 @@ class OptimConfig:
         check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
         check(self.grad_clip >= 0, "optim.grad_clip", "must be >= 0")
         check(self.base_batch > 0, "optim.base_batch", "must be > 0")
+        for part in ("image", "text", "heads"):
+            check(getattr(self, f"{part}_lr_mult") > 0, f"optim.{part}_lr_mult",
+                  "must be > 0 (to freeze a tower use model.lock_image / model.lock_text)")
+        check(0 < self.layer_decay <= 1, "optim.layer_decay", "must be in (0, 1] (1 = off; 0.65-0.85 is usual)")
 
 
 @dataclass

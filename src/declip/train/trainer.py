@@ -34,7 +34,7 @@ from .health import DeviceSkip, NonFiniteGuard, SkipRateGuard
 from .metrics import (MetricMeter, MetricsWriter, StepClock, describe_run, log, log_step, progress_bar,
                       setup_logging)
 from .mfu import StepFlops, device_peak_tflops
-from .optim import build_optimizer, lr_at, set_lr
+from .optim import build_optimizer, load_optimizer_state, lr_at, part_lrs, set_lr
 from .preemption import PreemptionSignals
 from .preflight import check_eval_paths
 from .run_dir import check_resume_config, claim_output_dir, write_run_config
@@ -117,7 +117,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ state
     def _restore(self, path: Path, state: dict, changes: list[str]) -> None:
         load_model_state(self.method, state["model"], path)
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"], path)
         if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.consumed = int(state["step"]), int(state["data"]["consumed"])
@@ -310,7 +310,7 @@ class Trainer:
         values = self.meter.reduce(self.device)
         tr = self.cfg.train
         timing = self.clock.lap(self.step, self.device, tr.batch_size * tr.grad_accum * self.info.world_size)
-        record = {**values, "lr": lr, **timing, **self.flops.rates(timing["step_time_s"]),
+        record = {**values, **part_lrs(self.optimizer, lr), **timing, **self.flops.rates(timing["step_time_s"]),
                   "skipped_samples": self.skips.total,
                   "nonfinite_steps": self.nonfinite.total}
         if self.scaler.is_enabled():
