@@ -28,7 +28,7 @@ import torch
 
 from .config import config_from_dict
 from .vocab import EOT_ID, MASK_ID
-from .data.views import IMAGENET_MEAN, IMAGENET_STD
+from .data.views import eval_preprocess_cfg
 from .models.open_clip_files import CONFIG_NAME, WEIGHTS_NAME, tower_state_dict  # noqa: F401  (re-exported)
 from .models.towers import build_clip, open_clip_model_cfg
 from .errors import CheckpointError
@@ -36,11 +36,9 @@ from .train.checkpoint import assert_finite, load_checkpoint
 
 
 def preprocess_cfg(image_size: int) -> dict:
-    """open_clip's PreprocessCfg fields for our eval pipeline (views.eval_transform): ImageNet mean/std,
-    bilinear resize of the shortest side, centre crop. open_clip has no crop ratio: it resizes to
-    ``image_size`` itself where we resize to image_size * 256/224 first (a slightly tighter crop)."""
-    return {"size": image_size, "mode": "RGB", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-            "interpolation": "bilinear", "resize_mode": "shortest"}
+    """open_clip's PreprocessCfg fields of ``declip eval``'s transform: the same dict evaluation builds its transform
+    from (:func:`declip.data.views.eval_preprocess_cfg`), so open_clip and CLIP_benchmark see the same pixels."""
+    return eval_preprocess_cfg(image_size)
 
 
 def load_towers(checkpoint: str | Path, device="cpu", doing: str = "evaluate"):
@@ -102,7 +100,7 @@ plus DeCLIP's MLM mask token at id {MASK_ID} (vocab_size 49409). open_clip's tok
 never produces id {MASK_ID}. Text features are pooled at the EOT token (text_cfg pool_type "eos",
 eos_id {EOT_ID}), as in training.
 
-Preprocessing note: declip evaluates with Resize(size * 256/224) + CenterCrop(size); open_clip's "shortest"
-mode resizes to `size` and crops (no margin), so zero-shot numbers through open_clip's transform can differ
-slightly from `declip eval`.
+Preprocessing: open_clip_config.json's preprocess_cfg is exactly `declip eval`'s transform (shortest side
+resized to the input size, bilinear, centre crop, ImageNet mean/std), so open_clip's transform and CLIP_benchmark
+reproduce `declip eval --no-jpeg-draft`.
 """
