@@ -101,6 +101,7 @@ def test_init_from_an_export_trains_with_no_model_keys(tiny_cfg, tmp_path):
     assert result["step"] == 2
     logged = (run / "train.log").read_text()
     assert f"model.init_from: towers loaded from {out / 'open_clip_model.safetensors'}" in logged
+    assert f"model.init_from: architecture from {out / 'open_clip_config.json'}: model.embed_dim=48" in logged
     assert "logit_scale 2.659 (scale 14.3) raised to the floor model.logit_scale_min=3 (scale 20.1)" in logged
     assert state["model"]["clip.logit_scale"].item() == pytest.approx(2.6593, abs=1e-4)
 

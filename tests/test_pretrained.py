@@ -116,7 +116,8 @@ def test_a_resumed_run_keeps_its_checkpoint_weights(tiny_cfg, tmp_path):
     saved = torch.load(train(cfg)["checkpoint"], map_location="cpu", weights_only=False)["model"]
     path = tmp_path / "openclip.pt"
     path.write_bytes(b"not weights")  # a fresh run would refuse it: the resumed run must not even read it
-    with pytest.raises(CheckpointError, match=r"cannot load checkpoint .*openclip.pt: truncated or not a torch file \(not a pickle of tensors\)"):
+    with pytest.raises(CheckpointError, match=r"cannot load checkpoint .*openclip.pt: truncated or not a torch "
+                                              r"file \(not a pickle of tensors\)"):
         started(tiny_cfg("eval.builtin=false", f"model.init_from={path}", f"train.output_dir={tmp_path / 'new'}"))
     trainer = Trainer(tiny_cfg("eval.builtin=false", "train.steps=2", f"model.init_from={path}"), resume="latest")
     try:

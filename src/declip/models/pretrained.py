@@ -128,7 +128,23 @@ def init_towers(method: torch.nn.Module, spec: str | ModelRef) -> list[str]:
     notes += bound_logit_scale(method.clip, cfg.model.logit_scale_min if cfg is not None else 0.0)
     fresh = [name for name, module in method.named_children()
              if name != "clip" and any(True for _ in module.parameters())]
-    lines = [f"model.init_from: towers loaded from {source}"] + [f"model.init_from: {n}" for n in notes]
+    lines = [f"model.init_from: towers loaded from {source}"] + _architecture_lines(cfg)
+    lines += [f"model.init_from: {n}" for n in notes]
     if fresh:
         lines.append(f"model.init_from: not in the checkpoint, initialised fresh: {', '.join(fresh)}")
     return lines
+
+
+def _architecture_lines(cfg) -> list[str]:
+    """The ``model.*`` values config.py took from the source (``fill_from_init``), as one log line."""
+    origins = getattr(cfg, "origins", {}) if cfg is not None else {}
+    taken = {k: src for k, src in origins.items() if src.startswith("model.init_from (")}
+    if not taken:
+        return []
+    values = []
+    for key in taken:
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        values.append(f"{key}={value}")
+    return [f"model.init_from: architecture from {next(iter(taken.values()))[17:-1]}: {' '.join(values)}"]
