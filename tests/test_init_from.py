@@ -81,6 +81,10 @@ def test_an_uncached_published_model_without_network_fails_at_once(monkeypatch):
                                               r"and huggingface.co cannot be reached") as e:
         read_weights("openclip:ViT-B-32/laion2b_s34b_b79k")
     assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"^command line \(model.init_from=openclip:ViT-B-32/laion2b_s34b_b79k\): "
+                                          r"model.init_from: not in open_clip's cache and huggingface.co") as e:
+        load_config(None, [*NO_MODEL_KEYS, "model.init_from=openclip:ViT-B-32/laion2b_s34b_b79k"])
+    assert "\n" not in str(e.value)
     with pytest.raises(CheckpointError, match=r"hf-hub:org/name: not in the Hugging Face cache .* cannot be "
                                               r"reached") as e:
         read_weights("hf-hub:org/name")

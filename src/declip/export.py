@@ -87,19 +87,20 @@ def export_open_clip(checkpoint: str | Path, out_dir: str | Path, repo_id: str =
     os.umask(umask)
     os.chmod(out / WEIGHTS_NAME, 0o666 & ~umask)  # safetensors writes 0600: share it like any other output file
     (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    results = run_results(checkpoint, step)
+    results = run_results(checkpoint, step, cfg.train.output_dir)
     (out / "README.md").write_text(model_card(cfg, checkpoint, step, results, repo_id, license), encoding="utf-8")
     return out
 
 
-def run_results(checkpoint: Path, step: int) -> dict[str, float]:
-    """The evaluation the run logged for this checkpoint's step (its metrics.jsonl beside the checkpoint: the
-    closing evaluation for the last checkpoint, the best one for best.pt), else the latest before it; {} when the
-    run left no metrics."""
+def run_results(checkpoint: Path, step: int, output_dir: str = "") -> dict[str, float]:
+    """The evaluation the run logged for this checkpoint's step (the metrics.jsonl beside the checkpoint, else in
+    the run's train.output_dir: the closing evaluation for the last checkpoint, the best one for best.pt), else
+    the latest before it; {} when the run left no metrics."""
     from .train.metrics import read_metrics
 
-    path = checkpoint.parent / "metrics.jsonl"
-    if not path.is_file():
+    candidates = [checkpoint.parent / "metrics.jsonl"] + ([Path(output_dir) / "metrics.jsonl"] if output_dir else [])
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
         return {}
     evals = [r for r in read_metrics(path) if r.get("kind") == "eval" and int(r["step"]) <= step]
     if not evals:
@@ -123,7 +124,6 @@ def model_card(cfg, checkpoint: Path, step: int, results: dict, repo_id: str = "
             "manifest": f"a JSON-lines manifest `{d.path}` (images under `{d.root}`)",
             "csv": f"a CSV/TSV file `{d.path}` (images under `{d.root}`)",
             "webdataset": f"WebDataset shards `{d.path}`"}[d.source]
-    global_batch = tr.batch_size * tr.grad_accum
     rows = "\n".join(f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |"
                       for k, v in results.items() if k != "step")
     evaluation = (f"Logged by the run at step {results['step']} (`declip eval` protocol, docs/evaluation.md):\n\n"
@@ -131,14 +131,14 @@ def model_card(cfg, checkpoint: Path, step: int, results: dict, repo_id: str = "
                   "The run logged no evaluation for this checkpoint; `declip eval --checkpoint CKPT` gives one.\n")
     name = repo_id or "ORG/NAME"
     return f"""{front}
-# {cfg.method.name} towers trained with declip
+# {cfg.method.name} image-text towers, trained with declip
 
 ## Recipe
 
 - method: `{cfg.method.name}`; towers: {vision}, image size {m.vision.image_size}; text transformer {m.text.layers}
   layers, width {m.text.width}, context {m.text.context_length}; embedding {m.embed_dim}
-- steps: {step} of {tr.steps}, batch {global_batch} per device-step ({tr.batch_size} x {tr.grad_accum} accumulated),
-  peak lr {o.lr:g}, seed {tr.seed}, precision {tr.precision}
+- steps: {step} of {tr.steps}; batch {tr.batch_size} per device x {tr.grad_accum} accumulation step(s); peak lr
+  {o.lr:g}, seed {tr.seed}, precision {tr.precision}
 - started from: {f"`{m.init_from}`" if m.init_from else "scratch"}
 - source checkpoint: `{checkpoint.name}` (step {step})
 

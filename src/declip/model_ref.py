@@ -200,6 +200,7 @@ def _openclip(spec: str, what: str, fetch: bool) -> ModelRef:
                               "(open_clip.list_pretrained() lists the pairs)")
     model_cfg = {**model_cfg, "quick_gelu": bool(model_cfg.get("quick_gelu") or cfg.get("quick_gelu"))}
     ref = ModelRef(spec, "openclip", config={"model_cfg": model_cfg}, name=f"{name}/{tag}")
+    obtainable(spec, cfg, what)  # before any model is built: a config check fails at once, offline
     if fetch:
         ref.weights = Path(_published_file(spec, cfg, what))
         ref.path = ref.weights
@@ -207,9 +208,19 @@ def _openclip(spec: str, what: str, fetch: bool) -> ModelRef:
 
 
 def _published_file(spec: str, cfg: dict, what: str) -> str:
-    """open_clip's weights file for a pretrained cfg: its cache when there, else a download when possible."""
+    """open_clip's weights file for a pretrained cfg: its cache when there, else a download."""
     from open_clip.pretrained import download_pretrained
 
+    try:
+        return download_pretrained(cfg)
+    except Exception as e:  # noqa: BLE001  (hub, HTTP and offline-mode errors differ by backend)
+        raise CheckpointError(f"{what}={spec}: cannot download open_clip's weights ({type(e).__name__}: "
+                              f"{_first_line(e)[:200]}); download them elsewhere and pass the file or a "
+                              "local-dir: folder") from None
+
+
+def obtainable(spec: str, cfg: dict, what: str) -> None:
+    """Raise one line unless open_clip's weights for ``cfg`` are cached or their host can be reached now."""
     hub = cfg.get("hf_hub", "")
     if hub:
         from huggingface_hub import constants, try_to_load_from_cache
@@ -231,12 +242,6 @@ def _published_file(spec: str, cfg: dict, what: str) -> str:
             raise CheckpointError(f"{what}={spec}: not in open_clip's cache and {urlsplit(url).hostname} cannot "
                                   "be reached (no network?): download the weights where there is one and pass "
                                   "the file or a local-dir: folder")
-    try:
-        return download_pretrained(cfg)
-    except Exception as e:  # noqa: BLE001  (hub, HTTP and offline-mode errors differ by backend)
-        raise CheckpointError(f"{what}={spec}: cannot download open_clip's weights ({type(e).__name__}: "
-                              f"{_first_line(e)[:200]}); download them elsewhere and pass the file or a "
-                              "local-dir: folder") from None
 
 
 def _first_line(e: Exception) -> str:
