@@ -92,8 +92,8 @@ def load_for_eval(ref: str | ModelRef, device="cpu", what: str = "--checkpoint")
         return load_towers(model_ref.path, device)
     arch = architecture(model_ref)
     if not arch:
-        raise CheckpointError(f"{what}={model_ref.spec}: a bare weights file states no architecture; pass the "
-                              "folder it came with (open_clip_config.json + weights) or a declip checkpoint")
+        raise CheckpointError(f"{what}={model_ref.spec}: not a declip checkpoint, and a bare weights file states no "
+                              "architecture: pass the folder it came with (open_clip_config.json + weights)")
     tree: dict = {"model": {}}
     for key, value in arch.items():
         node = tree["model"]
