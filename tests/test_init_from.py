@@ -81,14 +81,8 @@ def test_an_uncached_published_model_without_network_fails_at_once(monkeypatch):
                                               r"and huggingface.co cannot be reached") as e:
         read_weights("openclip:ViT-B-32/laion2b_s34b_b79k")
     assert "\n" not in str(e.value)
-    with pytest.raises(ConfigError, match=r"^command line \(model.init_from=openclip:ViT-B-32/laion2b_s34b_b79k\): "
-                                          r"model.init_from: not in open_clip's cache and huggingface.co") as e:
-        load_config(None, [*NO_MODEL_KEYS, "model.init_from=openclip:ViT-B-32/laion2b_s34b_b79k"])
-    assert "\n" not in str(e.value)
-    with pytest.raises(CheckpointError, match=r"hf-hub:org/name: not in the Hugging Face cache .* cannot be "
-                                              r"reached") as e:
-        read_weights("hf-hub:org/name")
-    assert "\n" not in str(e.value)
+    cfg = load_config(None, [*NO_MODEL_KEYS, "model.init_from=openclip:ViT-B-32/laion2b_s34b_b79k"])
+    assert (cfg.model.embed_dim, cfg.model.vision.width, cfg.model.quick_gelu) == (512, 768, False)  # offline
 
 
 def test_init_from_an_export_trains_with_no_model_keys(tiny_cfg, tmp_path):

@@ -200,8 +200,8 @@ def _openclip(spec: str, what: str, fetch: bool) -> ModelRef:
                               "(open_clip.list_pretrained() lists the pairs)")
     model_cfg = {**model_cfg, "quick_gelu": bool(model_cfg.get("quick_gelu") or cfg.get("quick_gelu"))}
     ref = ModelRef(spec, "openclip", config={"model_cfg": model_cfg}, name=f"{name}/{tag}")
-    obtainable(spec, cfg, what)  # before any model is built: a config check fails at once, offline
-    if fetch:
+    if fetch:  # not when the config is read: a resumed run never needs the weights, and may be offline
+        obtainable(spec, cfg, what)
         ref.weights = Path(_published_file(spec, cfg, what))
         ref.path = ref.weights
     return ref
