@@ -29,8 +29,12 @@ def run(tmp_path_factory):
     from helpers import tiny_config
 
     folder = tmp_path_factory.mktemp("run")
-    torch.set_num_threads(1)
-    train(tiny_config(f"train.output_dir={folder}", "train.steps=2", "eval.max_images=10"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the one_thread fixture is per test; this runs before it
+    try:
+        train(tiny_config(f"train.output_dir={folder}", "train.steps=2", "eval.max_images=10"))
+    finally:
+        torch.set_num_threads(before)
     return folder, list_checkpoints(folder)[-1][1]
 
 
