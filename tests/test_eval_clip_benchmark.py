@@ -2,7 +2,9 @@
 
 CLIP_benchmark is a dev-only dependency (``pip install -e '.[dev]'``); without it this test is skipped. The data
 is the built-in zero-shot set in CLIP_benchmark's local WebDataset layout (``declip eval --write-builtin``).
-With our eval transform CLIP_benchmark must give exactly our top-1: same towers, tokenizer, prompts, images.
+With the transform open_clip builds from the export's preprocess_cfg (what ``clip_benchmark eval --model_type
+open_clip --model local-dir:EXPORT`` uses) CLIP_benchmark must give exactly our numbers: same towers, tokenizer,
+prompts, pixels.
 
 NumPy >= 2.4 breaks CLIP_benchmark 1.6.2's top-k helper (``float()`` of a 1-element 1-D array; upstream
 LAION-AI/CLIP_benchmark#147): there the helper is replaced by an equivalent for this test; everything else
@@ -18,7 +20,6 @@ from clip_benchmark.datasets.builder import build_dataset  # noqa: E402
 from clip_benchmark.metrics import zeroshot_classification  # noqa: E402
 from clip_benchmark.models import load_clip  # noqa: E402
 
-from declip.data.views import eval_transform  # noqa: E402
 from declip.eval.builtin_sets import write_builtin  # noqa: E402
 from declip.eval.suite import run_evaluation
 from declip.export import load_towers  # noqa: E402
@@ -46,10 +47,9 @@ def test_clip_benchmark_zero_shot_runs_on_an_exported_model(tiny_cfg, tmp_path, 
     sets = write_builtin(tmp_path / "data", max_images=20)
 
     # what `clip_benchmark eval --model_type open_clip --model local-dir:OUT --dataset wds/shapes` does
-    model, _, tokenizer = load_clip("open_clip", f"local-dir:{out}", "declip", None, "cpu")
+    model, transform, tokenizer = load_clip("open_clip", f"local-dir:{out}", "declip", None, "cpu")
     model.eval()
-    size = cfg.model.vision.image_size
-    dataset = build_dataset("wds/shapes", root=str(sets["clip_benchmark"]), transform=eval_transform(size),
+    dataset = build_dataset("wds/shapes", root=str(sets["clip_benchmark"]), transform=transform,
                             split="test", task="zeroshot_classification")
     loader = torch.utils.data.DataLoader(dataset.batched(8), batch_size=None, shuffle=False, num_workers=0)
     metrics = zeroshot_classification.evaluate(model, loader, tokenizer, dataset.classes, dataset.templates,
@@ -118,9 +118,10 @@ def test_clip_benchmark_on_converted_own_data_equals_declip_eval(tiny_cfg, tmp_p
                  "--root", str(data / "img"), "--num-workers", "0", "--no-jpeg-draft"]) == 0
     ours = json.loads(capsys.readouterr().out)
 
-    model, _, tokenizer = load_clip("open_clip", f"local-dir:{out}", "declip", None, "cpu")
+    # what the printed `clip_benchmark eval --model_type open_clip --model local-dir:EXPORT` does: open_clip's
+    # model, tokenizer AND transform, the transform built from the export's preprocess_cfg
+    model, transform, tokenizer = load_clip("open_clip", f"local-dir:{out}", "declip", None, "cpu")
     model.eval()
-    transform = eval_transform(cfg.model.vision.image_size)
 
     def loader(folder, task):
         ds = build_dataset(f"wds/{folder}", root=str(tmp_path / folder), transform=transform, split="test",

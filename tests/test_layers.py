@@ -7,11 +7,12 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "src" / "declip"
 # A module may import its own layer and any layer with a smaller number, never a larger one.
 LAYERS = {
-    "__init__": 0, "errors": 0, "vocab": 0, "presets": 0, "metric_names": 0, "config_parse": 1,
+    "__init__": 0, "errors": 0, "vocab": 0, "presets": 0, "metric_names": 0, "checkpoint_file": 0.5,
+    "config_parse": 1, "model_ref": 1.5,  # reading a checkpoint / resolving a model reference: config reads both
     "device": 1.5, "recipes": 1.5,  # they read strings with config_parse's helpers; config uses recipes
     "config_model": 1.75, "config_method": 1.75,  # the model and method sections; config gathers them
     "config": 2, "distributed": 2, "data": 3, "models": 4, "losses": 4, "methods": 5, "train": 6, "eval": 6,
-    "export": 7, "plot": 7, "cli_data": 8, "cli_eval": 8, "cli": 9,
+    "export": 7, "plot": 7, "loading": 7.5, "cli_data": 8, "cli_eval": 8, "cli": 9,
 }
 # Evaluation runs inside training (zero-shot every eval.every steps): train -> eval is the one allowed
 # sideways arrow between the two layer-5 packages; eval never imports train.

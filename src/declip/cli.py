@@ -104,9 +104,18 @@ def cmd_export(args) -> int:
                   "several)", file=sys.stderr)
             return 2
         alpha = alphas[0]
-    out = export_open_clip(args.checkpoint, args.out_dir, interpolate=alpha, start=args.start)
+    if bool(args.out_dir) == bool(args.hf_hub):
+        print("error: declip export CKPT takes one output: OUT_DIR (open_clip local-dir:) or --hf-hub DIR (the "
+              "same files with a model card, for huggingface_hub.upload_folder)", file=sys.stderr)
+        return 2
+    out = export_open_clip(args.checkpoint, args.out_dir or args.hf_hub, interpolate=alpha, start=args.start,
+                           repo_id=args.repo_id, license=args.license)
     print(f"open_clip model written to {out}; load it with "
-          f"open_clip.create_model_and_transforms('local-dir:{out}')")
+          f"open_clip.create_model_and_transforms('local-dir:{out}') or declip.load('local-dir:{out}')")
+    if args.hf_hub:
+        repo = args.repo_id or "ORG/NAME"
+        print(f"push it: huggingface_hub.upload_folder(folder_path='{out}', repo_id='{repo}'); then "
+              f"open_clip.create_model_and_transforms('hf-hub:{repo}')")
     return 0
 
 
@@ -157,7 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", help="write a checkpoint's towers as an open_clip 'local-dir:' model")
     x.add_argument("checkpoint", help="a declip checkpoint (ckpt_*.pt or best.pt)")
-    x.add_argument("out_dir", help="folder for open_clip_config.json + open_clip_model.safetensors")
+    x.add_argument("out_dir", nargs="?", default="", help="folder for open_clip_config.json + "
+                   "open_clip_model.safetensors + README.md (a model card)")
+    x.add_argument("--hf-hub", default="", metavar="DIR", help="write the folder for the Hugging Face Hub "
+                   "(huggingface_hub.upload_folder pushes it as is; open_clip loads it as hf-hub:ORG/NAME)")
+    x.add_argument("--repo-id", default="", metavar="ORG/NAME", help="the Hub repository the model card names")
+    x.add_argument("--license", default="other", help="the model card's licence (a Hub licence id; default other)")
     x.add_argument("--interpolate", default=None, metavar="ALPHA",
                    help="WiSE-FT: write (1 - ALPHA) * START + ALPHA * CHECKPOINT (needs --from)")
     x.add_argument("--from", dest="start", default="", metavar="START",

@@ -27,7 +27,8 @@ IMPLIED_TASK = {"val_manifest": "zeroshot", "captions": "retrieval", "train_mani
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", help="a declip checkpoint (ckpt_*.pt or best.pt)")
+    p.add_argument("--checkpoint", help="a declip checkpoint (ckpt_*.pt or best.pt), an export folder, "
+                   "local-dir:DIR, hf-hub:ORG/NAME or openclip:MODEL/TAG")
     p.add_argument("--task", action="append", default=None, metavar="|".join(TASKS),
                    help="repeat or comma-separate; default: the tasks the given files imply")
     g = p.add_argument_group("zero-shot (labelled manifest: JSON lines filename, label, label_name)")
@@ -158,12 +159,12 @@ def _evaluate(args) -> dict:
     from .metric_names import BUILTIN_SET
     from .eval.suite import _has_files, run_evaluation
     from .errors import CheckpointError
-    from .export import load_towers
+    from .loading import load_for_eval
 
     device = resolve_device(args.device or "auto")
     keyed, keyed_sources = key_value_overrides(args.overrides)
     try:
-        clip, ckpt_cfg, state = load_towers(args.checkpoint, device)
+        clip, ckpt_cfg, state = load_for_eval(args.checkpoint, device)
     except CheckpointError as e:
         if "token" not in (args.similarity, keyed.get("similarity")):
             raise

@@ -18,6 +18,7 @@ import yaml
 
 from .config_method import DEFAULT_EDA_OPS, SLIP_DEFAULTS, EdaOp, MethodConfig  # noqa: F401  (re-exported)
 from .config_model import LOGIT_SCALE_MAX, ModelConfig, PresetName, TextConfig, VisionConfig  # noqa: F401
+from .config_model import fill_from_init
 from .config_parse import (ACCELERATOR_TYPES, Check, build, coerce, parse_override, record_sources, set_dotted,
                            split_device)
 from .errors import ConfigError  # noqa: F401  (re-exported: declip.config.ConfigError)
@@ -261,6 +262,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         key, value = parse_override(item)
         set_dotted(tree, key, value)
         sources[key] = f"command line ({item})"
+    fill_from_init(tree, sources, user_set)  # model.* from model.init_from's own config, where it has one
     return config_from_dict(tree, sources)
 
 

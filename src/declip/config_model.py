@@ -7,7 +7,7 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 from .config_parse import Check
 from .presets import PRESETS
@@ -74,8 +74,10 @@ class ModelConfig:
     # init 1/0.07 = 14.3 lasts one step); open_clip's is 0. The ceiling stays the reference's 6 (the value is
     # capped at 100 anyway)
     logit_scale_min: float = 3.0
-    # start the towers from trained weights (a fresh run only; a resumed run takes its checkpoint's): an open_clip
-    # checkpoint file, an open_clip 'local-dir:' folder or a declip export, or openclip:MODEL/TAG (downloads)
+    # start the towers from trained weights (a fresh run only; a resumed run takes its checkpoint's): a declip
+    # checkpoint, an open_clip weights file, an open_clip 'local-dir:' folder or a declip export, hf-hub:ORG/NAME
+    # (huggingface_hub's cache) or openclip:MODEL/TAG. Where the source states its architecture (a folder's
+    # open_clip_config.json, a declip checkpoint's config, open_clip's model config) it fills model.* (fill_from_init)
     init_from: str = ""
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -98,6 +100,10 @@ class ModelConfig:
         if self.init_from.startswith("openclip:"):
             check(self.init_from.count("/") == 1 and all(self.init_from[9:].split("/")), "model.init_from",
                   "openclip:MODEL/TAG, e.g. openclip:ViT-B-32/laion2b_s34b_b79k (open_clip.list_pretrained())")
+        elif self.init_from.startswith("hf-hub:"):
+            repo = self.init_from[7:].partition("@")[0]
+            check(repo.count("/") == 1 and all(repo.split("/")), "model.init_from",
+                  "hf-hub:ORG/NAME (optionally @REVISION), read through huggingface_hub's cache")
         elif self.init_from:
             path = Path(self.init_from.removeprefix("local-dir:"))
             check(path.exists(), "model.init_from", f"{path} does not exist (an open_clip checkpoint file, a "
@@ -121,3 +127,45 @@ class ModelConfig:
         check(not self.lock_image_freeze_bn_stats or (self.lock_image and self.vision.kind == "resnet"),
               "model.lock_image_freeze_bn_stats", "needs model.lock_image=true and a ResNet image tower (a ViT has "
               "no BatchNorm)")
+
+
+def fill_from_init(tree: dict, sources: dict[str, str], user_set: Callable[[str, dict], bool]) -> None:
+    """``model.*`` architecture values from ``model.init_from``'s own description of itself, before the preset
+    fills the rest: no hand-set keys to get wrong. A value the user set that disagrees is one line naming both;
+    a shipped recipe's value yields (recorded, like every filled value, as ``model.init_from (FILE)``)."""
+    model = tree.get("model")
+    spec = model.get("init_from") if isinstance(model, dict) else None
+    if not isinstance(spec, str) or not spec:
+        return
+    from .errors import CheckpointError, ConfigError
+    from .model_ref import architecture, resolve
+
+    where = sources.get("model.init_from", "config")
+
+    def error(e: CheckpointError) -> ConfigError:  # "{source}: model.init_from: why", as every config error
+        return ConfigError(f"{where}: model.init_from: {str(e).removeprefix(f'model.init_from={spec}: ')}")
+
+    try:
+        ref = resolve(spec, fetch=False)
+    except CheckpointError as e:
+        raise error(e) from None
+    try:
+        arch = architecture(ref)
+    except CheckpointError as e:
+        if ref.kind == "file":  # unreadable: a fresh run's load says so in one line; a resumed run never reads it
+            return
+        raise error(e) from None
+    for key, value in arch.items():
+        dotted, (section, _, name) = f"model.{key}", key.rpartition(".")
+        node = model.setdefault(section, {}) if section else model
+        if not isinstance(node, dict):
+            continue  # the user's mistake, reported by the builder
+        if name in node and user_set(dotted, sources):
+            given = list(node[name]) if isinstance(node[name], tuple) else node[name]
+            if given != value:
+                raise ConfigError(f"{sources[dotted]}: {dotted}={given!r} but model.init_from={spec} has "
+                                  f"{value!r} ({ref.where}): remove {dotted} (the architecture comes from the "
+                                  "source) or start from a source of that shape")
+            continue
+        node[name] = value
+        sources[dotted] = f"model.init_from ({ref.where})"

@@ -7,7 +7,8 @@ random parameter of the per-pixel augmentations, drawn here from the sample's ow
 on the training device (:mod:`declip.data.device_augment`). Because the parameters are drawn on the CPU from the
 per-sample seed, a batch is the same whatever the worker count, and a resumed run sees the same augmentations.
 
-Evaluation: :func:`eval_transform_uint8` (resize + centre crop, uint8, CPU) and
+Evaluation: :func:`eval_transform_uint8` (resize + centre crop as :func:`eval_preprocess_cfg` says, the
+config ``declip export`` writes; uint8, CPU) and
 :func:`declip.data.device_augment.normalize_on_device` split the same way.
 
 The reference, all-on-the-CPU pipelines (:func:`mocov2_transform`, :func:`clip_transform`,
@@ -86,16 +87,43 @@ def clip_transform(size: int) -> v2.Compose:
     return v2.Compose([v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True), *_to_tensor()])
 
 
+# The eval transform as open_clip describes one (its PreprocessCfg fields). ``declip export`` writes this dict
+# into open_clip_config.json and evaluation builds its transform from it, so open_clip's
+# ``create_model_and_transforms('local-dir:EXPORT')`` and CLIP_benchmark preprocess exactly as ``declip eval``:
+# resize the shortest side to the input size (bilinear, antialiased), centre crop, ImageNet mean/std. open_clip
+# has no crop margin, so there is none here either (the DeCLIP reference resized to 256/224 of the crop first).
+EVAL_RESIZE_MODE = "shortest"
+EVAL_INTERPOLATION = "bilinear"
+
+
+def eval_preprocess_cfg(size: int) -> dict:
+    """open_clip's ``PreprocessCfg`` fields of declip's eval transform at input side ``size``."""
+    return {"size": size, "mode": "RGB", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+            "interpolation": EVAL_INTERPOLATION, "resize_mode": EVAL_RESIZE_MODE, "fill_color": 0}
+
+
+def eval_geometry(preprocess: dict) -> list:
+    """The resize + centre crop that ``preprocess`` (open_clip PreprocessCfg fields) describes, as v2 transforms.
+    Only the 'shortest' resize mode (what declip writes); another is refused rather than silently replaced."""
+    mode, interpolation = preprocess.get("resize_mode", "shortest"), preprocess.get("interpolation", "bicubic")
+    if mode != EVAL_RESIZE_MODE or interpolation not in RESIZE_MODES:
+        raise ValueError(f"preprocess resize_mode={mode!r}, interpolation={interpolation!r}: declip evaluates with "
+                         f"resize_mode 'shortest' and interpolation {' or '.join(RESIZE_MODES)}")
+    size = preprocess["size"]
+    size = size if isinstance(size, int) else int(size[0])
+    return [v2.Resize(size, interpolation=RESIZE_MODES[interpolation], antialias=True), v2.CenterCrop(size)]
+
+
 def eval_transform(size: int) -> v2.Compose:
-    """Resize(256) + CenterCrop(224), scaled to ``size``, normalised on the CPU (float)."""
-    return v2.Compose([v2.Resize(round(size * 256 / 224), antialias=True), v2.CenterCrop(size), *_to_tensor()])
+    """The eval transform (:func:`eval_preprocess_cfg`: shortest side to ``size``, centre crop), normalised on the
+    CPU (float): what open_clip's transform for an export computes."""
+    return v2.Compose([*eval_geometry(eval_preprocess_cfg(size)), *_to_tensor()])
 
 
 def eval_transform_uint8(size: int) -> v2.Compose:
-    """The CPU half of evaluation: Resize(256) + CenterCrop(224) scaled to ``size``, as uint8 [3, H, W].
+    """The CPU half of evaluation (:func:`eval_preprocess_cfg`'s resize + centre crop) as uint8 [3, H, W].
     Normalise the batch on the device with :func:`declip.data.device_augment.normalize_on_device`."""
-    return v2.Compose([v2.Resize(round(size * 256 / 224), antialias=True), v2.CenterCrop(size), v2.ToImage(),
-                       v2.ToPureTensor()])
+    return v2.Compose([*eval_geometry(eval_preprocess_cfg(size)), v2.ToImage(), v2.ToPureTensor()])
 
 
 class MultiView:

@@ -6,8 +6,7 @@ import torch
 
 from ..errors import CheckpointError
 
-CONFIG_NAME = "open_clip_config.json"
-WEIGHTS_NAME = "open_clip_model.safetensors"
+from ..model_ref import CONFIG_NAME, FOLDER_WEIGHTS, WEIGHTS_NAME  # noqa: F401  (re-exported)
 TOWER_PREFIX = "clip."  # Method.clip: the open_clip model inside every method's state dict
 
 

@@ -11,79 +11,54 @@ key, with three adaptations, each logged:
   mask token's row keeps its fresh initialisation (open_clip's tokenizer never emits it);
 - the training heads (SimSiam projector/predictor, MLM head) are not in any open_clip model: they start fresh.
 
-Sources: a file saved with ``torch.save`` (a state dict, possibly under ``state_dict``, possibly with
-``module.`` prefixes) or a ``.safetensors`` file; an open_clip ``local-dir:`` folder (as ``declip export``
-writes it); ``openclip:MODEL/TAG`` (open_clip's published weights: needs the network or its cache). Shapes
-are checked before anything is copied: the error names the first tensor that does not fit. A resumed run
-never reads it (the trainer calls this on fresh runs only): the checkpoint wins.
+Sources (resolved by :mod:`declip.model_ref`, the resolver ``declip eval`` and ``declip.load`` share): a declip
+training checkpoint (its checksums verified, as ``declip eval`` does), a file saved with ``torch.save`` (a state
+dict, possibly under ``state_dict``, possibly with ``module.`` prefixes; loaded weights-only: a file holding
+Python objects is refused in one line) or a ``.safetensors`` file; an open_clip ``local-dir:`` folder (as
+``declip export`` writes it); ``hf-hub:ORG/NAME`` (huggingface_hub's cache); ``openclip:MODEL/TAG`` (open_clip's
+published weights: its cache, else the network; without either it fails at once). The architecture comes from
+the source where it says one (config.py fills ``model.*`` from it); shapes are checked before anything is copied:
+the error names the first tensor that does not fit. Every loaded value changed on the way in is logged (a logit
+scale moved into ``[model.logit_scale_min, 6]``, the mask token's row). A resumed run never reads it (the
+trainer calls this on fresh runs only): the checkpoint wins.
 """
 from __future__ import annotations
 
-from pathlib import Path
+import math
 
 import torch
 
+from ..config import LOGIT_SCALE_MAX
 from ..errors import CheckpointError
-from .open_clip_files import CONFIG_NAME, WEIGHTS_NAME, tower_state_dict
+from ..model_ref import ModelRef, read_file, resolve
+from .open_clip_files import tower_state_dict
 
-OPENCLIP_PREFIX = "openclip:"
-LOCAL_DIR_PREFIX = "local-dir:"
-FOLDER_WEIGHTS = (WEIGHTS_NAME, "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
-                  "open_clip_model.bin")  # in open_clip's own order of preference
 TOKEN_EMBEDDING = "text.token_embedding.weight"
 CLIP_TEXT_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.")  # open_clip CLIP's
 
 
-def read_weights(spec: str) -> tuple[dict[str, torch.Tensor], str]:
-    """(a state dict in open_clip key names, the file it came from) for a ``model.init_from`` value."""
-    if spec.startswith(OPENCLIP_PREFIX):
-        return _published(spec)
-    path = Path(spec.removeprefix(LOCAL_DIR_PREFIX))
-    if path.is_dir():
-        found = [path / name for name in FOLDER_WEIGHTS if (path / name).is_file()]
-        if not found:
-            raise CheckpointError(f"model.init_from={spec}: no {' or '.join(FOLDER_WEIGHTS[::2])} in the folder "
-                                  f"(an open_clip local-dir: folder holds {CONFIG_NAME} and the weights)")
-        path = found[0]
-    return _load_file(path), str(path)
+def read_weights(spec: str | ModelRef) -> tuple[dict[str, torch.Tensor], str]:
+    """(a state dict in open_clip key names, the file it came from) for a model reference."""
+    ref = spec if isinstance(spec, ModelRef) else resolve(spec)
+    if ref.kind == "openclip":
+        if ref.weights is None:
+            ref = resolve(ref.spec)
+        if ref.name.endswith("/openai"):  # a TorchScript archive: open_clip's own loader unpacks it
+            import open_clip
 
-
-def _load_file(path: Path) -> dict[str, torch.Tensor]:
-    from open_clip.factory import load_state_dict  # safetensors or torch.save; 'state_dict' key; 'module.'
-
-    try:
-        state = load_state_dict(str(path), weights_only=True)
-    except Exception as e:  # noqa: BLE001  (pickle, zip and safetensors each raise their own)
-        raise CheckpointError(f"model.init_from: cannot read {path} as weights ({type(e).__name__}: "
-                              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); a declip training "
-                              "checkpoint loads once exported (declip export CKPT DIR)") from None
-    if isinstance(state, dict) and "model" in state and "config" in state:  # a declip training checkpoint
-        state = tower_state_dict(state["model"])
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"model.init_from: {path} holds no state dict of tensors")
-    return state
-
-
-def _published(spec: str) -> tuple[dict[str, torch.Tensor], str]:
-    """open_clip's published weights by ``MODEL/TAG``; offline this fails in one line, before any model is built."""
-    import open_clip
-    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
-
-    name, tag = spec[len(OPENCLIP_PREFIX):].split("/", 1)
-    cfg = get_pretrained_cfg(name, tag)
-    if not cfg:
-        raise CheckpointError(f"model.init_from={spec}: open_clip publishes no '{tag}' weights for {name} "
-                              "(open_clip.list_pretrained() lists the pairs)")
-    try:
-        path = download_pretrained(cfg)
-    except Exception as e:  # noqa: BLE001  (hub, HTTP and offline-mode errors differ by backend)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(f"model.init_from={spec}: cannot download open_clip's weights ({type(e).__name__}: "
-                              f"{first[:200]}); offline (HF_HUB_OFFLINE=1) or without network, download them "
-                              "elsewhere and pass the file or a local-dir: folder") from None
-    if tag == "openai":  # a TorchScript archive: open_clip's own loader unpacks it
-        return open_clip.create_model(name, pretrained=tag).state_dict(), path
-    return _load_file(Path(path)), path
+            name, tag = ref.name.split("/")
+            return open_clip.create_model(name, pretrained=tag).state_dict(), str(ref.weights)
+    file = ref if ref.kind in ("file", "checkpoint") else ModelRef(ref.spec, "file", ref.weights, ref.weights)
+    payload = read_file(file)
+    if file.kind == "checkpoint":  # a declip training checkpoint, verified: its towers
+        payload = tower_state_dict(payload["model"])
+    elif isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
+        payload = payload["state_dict"]
+    if isinstance(payload, dict) and payload and all(k.startswith("module.") for k in payload):
+        payload = {k[len("module."):]: v for k, v in payload.items()}
+    if not isinstance(payload, dict) or not payload or not all(isinstance(v, torch.Tensor) for v in payload.values()):
+        raise CheckpointError(f"model.init_from: {file.path} holds no state dict of tensors")
+    return payload, str(file.path)
 
 
 def to_custom_text_names(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -130,13 +105,46 @@ def load_into_towers(clip: torch.nn.Module, state: dict[str, torch.Tensor], sour
     return notes
 
 
-def init_towers(method: torch.nn.Module, spec: str) -> list[str]:
-    """Load ``model.init_from`` into ``method.clip``; the log lines to print (source, adaptations, fresh heads)."""
+@torch.no_grad()
+def bound_logit_scale(clip: torch.nn.Module, floor: float) -> list[str]:
+    """The loaded log logit scale moved into ``[floor, 6]`` (where training keeps it after every step) now, and
+    said: an open_clip model trained to 4.6 is fine, one saved at 2.0 starts at 3 (scale 20.1)."""
+    value = float(clip.logit_scale)
+    bounded = min(max(value, floor), LOGIT_SCALE_MAX)
+    if bounded == value:
+        return []
+    clip.logit_scale.fill_(bounded)
+    bound = f"the floor model.logit_scale_min={floor:g}" if bounded == floor else f"the ceiling {LOGIT_SCALE_MAX:g}"
+    return [f"logit_scale {value:.4g} (scale {math.exp(value):.1f}) {'raised' if bounded > value else 'lowered'} "
+            f"to {bound} (scale {math.exp(bounded):.1f})"]
+
+
+def init_towers(method: torch.nn.Module, spec: str | ModelRef) -> list[str]:
+    """Load ``model.init_from`` into ``method.clip``; the log lines to print (source, every value changed on the
+    way in, fresh heads)."""
     state, source = read_weights(spec)
     notes = load_into_towers(method.clip, state, source)
+    cfg = getattr(method, "cfg", None)
+    notes += bound_logit_scale(method.clip, cfg.model.logit_scale_min if cfg is not None else 0.0)
     fresh = [name for name, module in method.named_children()
              if name != "clip" and any(True for _ in module.parameters())]
-    lines = [f"model.init_from: towers loaded from {source}"] + [f"model.init_from: {n}" for n in notes]
+    lines = [f"model.init_from: towers loaded from {source}"] + _architecture_lines(cfg)
+    lines += [f"model.init_from: {n}" for n in notes]
     if fresh:
         lines.append(f"model.init_from: not in the checkpoint, initialised fresh: {', '.join(fresh)}")
     return lines
+
+
+def _architecture_lines(cfg) -> list[str]:
+    """The ``model.*`` values config.py took from the source (``fill_from_init``), as one log line."""
+    origins = getattr(cfg, "origins", {}) if cfg is not None else {}
+    taken = {k: src for k, src in origins.items() if src.startswith("model.init_from (")}
+    if not taken:
+        return []
+    values = []
+    for key in taken:
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        values.append(f"{key}={value}")
+    return [f"model.init_from: architecture from {next(iter(taken.values()))[17:-1]}: {' '.join(values)}"]

@@ -19,23 +19,22 @@ everything in a payload must be a tensor, a number, a string, None or a list/tup
 from __future__ import annotations
 
 import os
-import pickle
 import random
 import re
 import shutil
 import socket
-import warnings
-import zlib
 from pathlib import Path
 
 import torch
 
+from ..checkpoint_file import CHECKSUM_KEYS, checksum, part_checksums, payload_checksum  # noqa: F401
+from ..checkpoint_file import read_checkpoint as load_checkpoint  # noqa: F401  (the name callers use)
+from ..checkpoint_file import verify_checksums  # noqa: F401
 from ..errors import CheckpointError, NonFiniteError
 
 CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
 TMP_RE = re.compile(r"^\..+\.pt\.tmp\.(?:(.+)\.)?(\d+)$")  # .<name>.tmp.<host>.<pid> (no host: older declip)
 BEST_NAME = "best.pt"
-CHECKSUM_KEYS = ("checksum", "checksums")
 
 
 def _tmp_path(path: Path) -> Path:
@@ -120,38 +119,6 @@ def assert_finite(state_dict: dict, doing: str = "write a checkpoint") -> None:
         raise NonFiniteError(f"refusing to {doing}: non-finite weights in {bad[:5]}")
 
 
-def _crc(tree, crc: int, values: bool) -> int:
-    """CRC-32 of a payload tree in a fixed order (dict keys sorted). ``values=False``: tensor bytes only (the
-    checksum of older declip checkpoints); True: keys, numbers, strings, lengths, dtypes and shapes as well."""
-    if torch.is_tensor(tree):
-        if values:
-            crc = zlib.crc32(f"T{tree.dtype}{tuple(tree.shape)}".encode(), crc)
-        return zlib.crc32(tree.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy(), crc)
-    if isinstance(tree, dict):
-        for k in sorted(tree, key=str):
-            crc = zlib.crc32(f"K{k!r}".encode(), crc) if values else crc
-            crc = _crc(tree[k], crc, values)
-        return crc
-    if isinstance(tree, (list, tuple)):  # one tag for both: a tuple may load back as either
-        crc = zlib.crc32(f"L{len(tree)}".encode(), crc) if values else crc
-        for v in tree:
-            crc = _crc(v, crc, values)
-        return crc
-    return zlib.crc32(f"V{tree!r}".encode(), crc) if values else crc
-
-
-def checksum(tree) -> int:
-    """CRC-32 of every tensor's bytes in a fixed order: torch.load does not verify a file's contents, so a
-    flipped bit in a weight would otherwise load without complaint."""
-    return _crc(tree, 0, values=False)
-
-
-def part_checksums(payload: dict) -> dict[str, int]:
-    """One CRC-32 per part of a payload (model, optimizer, step, rng, data, config, ...): a resume depends on
-    every part, not only the weights, and a mismatch then names the part that changed."""
-    return {k: _crc(v, 0, values=True) for k, v in payload.items() if k not in CHECKSUM_KEYS}
-
-
 def _alive_here(host: str | None, pid: int) -> bool:
     """Whether a temp file's writer may still be running: another host's writer cannot be checked, so it is."""
     if host is not None and host != socket.gethostname():
@@ -173,11 +140,6 @@ def remove_stale_tmp(directory: Path) -> None:
     for p in Path(directory).glob(".*.pt.tmp.*"):
         if (m := TMP_RE.match(p.name)) and not _alive_here(m.group(1), int(m.group(2))):
             p.unlink(missing_ok=True)
-
-
-def payload_checksum(payload: dict) -> int:
-    """The single checksum of older declip checkpoints (model and optimizer tensors), still verified on load."""
-    return checksum([payload.get("model", {}), payload.get("optimizer", {})])
 
 
 def _with_checksums(payload: dict) -> dict:
@@ -234,45 +196,6 @@ def resolve_resume(spec: str, directory: Path) -> Path | None:
     if not path.is_file():
         raise CheckpointError(f"--resume {spec}: checkpoint not found: {path}")
     return path
-
-
-def load_checkpoint(path: Path, map_location="cpu", require: tuple[str, ...] = ("model", "config")) -> dict:
-    """A verified payload, or :class:`CheckpointError` naming the file and what is wrong with it."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        with warnings.catch_warnings():  # torch's note on an old pickle protocol: the error below says it all
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
-            raise CheckpointError(f"cannot load checkpoint {path}: truncated or not a torch file") from e
-        raise CheckpointError(f"{path} holds Python objects that a safe load (weights_only) refuses: it is not a "
-                              "declip checkpoint, or not from a source to trust; not loaded") from e
-    except Exception as e:  # truncated / foreign files: say which file
-        raise CheckpointError(f"cannot load checkpoint {path}: truncated or not a torch file "
-                              f"({str(e).splitlines()[0][:100]})") from e
-    missing = [k for k in require if not isinstance(state, dict) or k not in state]
-    if missing:
-        raise CheckpointError(f"{path} is not a declip checkpoint (no {', '.join(map(repr, missing))})")
-    if isinstance(state, dict):
-        verify_checksums(path, state)
-    return state
-
-
-def verify_checksums(path: Path, state: dict) -> None:
-    """Refuse a payload whose parts differ from the checksums written with them (older files: the one checksum
-    of their model and optimizer tensors)."""
-    if isinstance(state.get("checksums"), dict):
-        written, found = state["checksums"], part_checksums(state)
-        bad = [k for k in sorted(set(written) | set(found)) if written.get(k) != found.get(k)]
-        if bad:
-            raise CheckpointError(f"{path} is corrupt: its {', '.join(bad)} {'does' if len(bad) == 1 else 'do'} not "
-                                  "match the checksum written with it; resume from an earlier checkpoint "
-                                  "(--resume PATH) or start afresh")
-    elif "checksum" in state and payload_checksum(state) != state["checksum"]:
-        raise CheckpointError(f"{path} is corrupt: its tensors do not match the checksum written with them")
 
 
 def load_model_state(model: torch.nn.Module, state_dict: dict, path: Path) -> None:
