@@ -88,7 +88,9 @@ def test_memory_formula_vitb32_reference_case():
 @pytest.mark.parametrize("name", ["filip", "defilip"])
 def test_weight_zero_builds_no_dense_head(tiny_cfg, name):
     with_dense = build_method(tiny_cfg(f"method.name={name}", small=True))
-    without = build_method(tiny_cfg(f"method.name={name}", "method.filip_weight=0", small=True))
+    # FILIP's own default trains the dense term alone: without it, its global term must be switched on
+    without = build_method(tiny_cfg(f"method.name={name}", "method.filip_weight=0", "method.clip_weight=1",
+                                    small=True))
     assert any(n.startswith("dense.") for n, _ in with_dense.named_parameters())
     assert not any("dense" in n for n, _ in without.named_parameters())
 
@@ -124,8 +126,9 @@ def test_dense_logit_scale_is_clamped_under_the_sigmoid_loss(tiny_cfg):
 
 
 def test_all_filip_weights_zero_is_a_config_error(tiny_cfg):
-    with pytest.raises(ConfigError, match="method.clip_weight: all filip loss weights are 0"):
-        tiny_cfg("method.name=filip", "method.clip_weight=0", "method.filip_weight=0")
+    with pytest.raises(ConfigError, match=r"\(method.filip_weight=0\): method.filip_weight: method.clip_weight and "
+                       "method.filip_weight are both 0"):
+        tiny_cfg("method.name=filip", "method.filip_weight=0")  # clip_weight: FILIP's own default 0
 
 
 def test_dense_logit_scale_starts_at_one_over_007_and_is_not_decayed(tiny_cfg):

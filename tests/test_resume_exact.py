@@ -27,8 +27,10 @@ TIMING_KEYS = {"time", "images_per_s", "data_wait", "step_time_s", "tflops", "mf
 
 # a case name's overrides beyond method.name: SLIP trained with the sigmoid loss covers both the SimCLR head and
 # the sigmoid loss's own scale and bias (one case instead of two: each costs three processes)
+# FILIP with its global term on beside the dense one (its own default trains the dense term alone), so both
+# clamped logit scales move and must resume exactly
 EXTRA = {"slip+sigmoid": ["method.simclr_hidden_dim=32", "method.simclr_out_dim=16",
-                         "method.contrastive_loss=sigmoid"]}
+                         "method.contrastive_loss=sigmoid"], "filip": ["method.clip_weight=0.4"]}
 
 
 def write_config(path: Path, out: Path, method: str) -> Path:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .config_method import DEFAULT_EDA_OPS, SLIP_DEFAULTS, EdaOp, MethodConfig  # noqa: F401  (re-exported)
+from .config_method import DEFAULT_EDA_OPS, METHOD_DEFAULTS, EdaOp, MethodConfig  # noqa: F401  (re-exported)
 from .config_model import LOGIT_SCALE_MAX, ModelConfig, PresetName, TextConfig, VisionConfig  # noqa: F401
 from .config_parse import Check, build, coerce, parse_override, record_sources, set_dotted, split_device
 from .errors import ConfigError  # noqa: F401  (re-exported: declip.config.ConfigError)
@@ -267,11 +267,11 @@ def config_from_dict(tree: dict, sources: dict[str, str] | None = None) -> Confi
         tree["eval"] = {**ev, "builtin": False}  # the built-in shapes task says nothing about a user's data
         sources["eval.builtin"] = f"default for data.source={data.get('source')}"
     method = tree.get("method", {})
-    if isinstance(method, dict) and method.get("name") == "slip":
-        for key, value in SLIP_DEFAULTS.items():  # DeCLIP's defaults are not SLIP's
-            if key not in method:
-                tree["method"] = method = {**method, key: value}
-                sources[f"method.{key}"] = "default for method.name=slip"
+    name = method.get("name", MethodConfig.name) if isinstance(method, dict) else None
+    if isinstance(name, str) and name in METHOD_DEFAULTS:  # the method's own reference weights and heads
+        unset = {k: v for k, v in METHOD_DEFAULTS[name].items() if k not in method}
+        tree["method"] = {**method, **unset}
+        sources.update({f"method.{k}": f"default for method.name={name}" for k in unset})
     cfg = build(Config, tree, sources)
     explicit_lr_is_the_peak(cfg, sources)
     validate(cfg, sources)
