@@ -140,6 +140,12 @@ class TrainConfig:
     dist_timeout_s: int = 3600  # process-group timeout: must outlast rank 0's evaluation while others wait
     peak_tflops: float = 0.0  # one device's peak at train.precision, for the logged MFU; 0 = declip's table by
     # device name (train/mfu.py; none for CPUs and unlisted devices: then only the achieved TFLOP/s is logged)
+    # Weights & Biases (the extra declip[wandb]; train/tracking.py): a project name turns it on. Rank 0 logs what
+    # TensorBoard gets, the resolved config and every evaluation; --resume continues the same W&B run
+    wandb: str = ""
+    wandb_name: str = ""  # the W&B run's display name ("" = W&B's own)
+    wandb_tags: list[str] = field(default_factory=list)
+    wandb_entity: str = ""  # the W&B team or user ("" = the logged-in user's default)
 
     def validate(self, check: Check) -> None:
         check(self.steps > 0, "train.steps", "must be > 0")
@@ -152,9 +158,25 @@ class TrainConfig:
         check(self.dist_timeout_s >= 60, "train.dist_timeout_s", "must be >= 60 seconds")
         check(self.peak_tflops >= 0, "train.peak_tflops", "must be >= 0 (0 = from the device table)")
         check(bool(self.output_dir), "train.output_dir", "must not be empty")
+        self.validate_wandb(check)
         check(split_device(self.device) is not None, "train.device",
               f"{self.device!r}: auto, cpu, or a torch device type with an optional index (cuda, cuda:1, xpu:0, "
               "npu:3)")
+
+
+    def validate_wandb(self, check: Check) -> None:
+        for key in ("wandb", "wandb_entity"):  # W&B refuses these characters in project and entity names
+            value = getattr(self, key)
+            check(len(value) <= 128 and not any(c in value for c in WANDB_BAD_CHARS), f"train.{key}",
+                  f"{value!r}: at most 128 characters, none of {' '.join(WANDB_BAD_CHARS)}")
+        for key in ("wandb_name", "wandb_tags", "wandb_entity"):
+            check(self.wandb or not getattr(self, key), f"train.{key}",
+                  "set train.wandb=PROJECT too (a W&B project name turns W&B logging on)")
+        for tag in self.wandb_tags:
+            check(0 < len(tag) <= 64, "train.wandb_tags", f"{tag!r}: each tag 1-64 characters (W&B's limit)")
+
+
+WANDB_BAD_CHARS = ("/", "\\", "#", "?", "%", ":")
 
 
 @dataclass
