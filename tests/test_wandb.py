@@ -5,6 +5,7 @@ file is W&B's record log (LevelDB's log format: 32 KiB blocks of CRC-checked chu
 header), unframed by ``wandb_records`` below."""
 import json
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,17 @@ def wandb_records(path: Path) -> list:
             record.ParseFromString(pending)
             records.append(record)
     return records
+
+
+def finished_records(path: Path, timeout_s: float = 60.0) -> list:
+    """The records of a finished offline run: W&B's service may still be writing the file when ``finish()``
+    returns in a process that goes on (it is flushed at exit), so wait for the run's ``exit`` record."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = wandb_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
 
 
 def history(records) -> list[dict]:
@@ -89,17 +101,19 @@ def test_without_wandb_installed_the_run_stops_in_one_line_naming_the_extra(tmp_
 
 
 def test_an_offline_run_logs_the_scalars_config_and_evaluations_and_resume_continues_it(tmp_path, offline):
+    """Two short runs (the first evaluated at steps 2 and 4, the second resumed to step 6): ~20 s, mostly the two
+    W&B starts and the evaluations whose records are checked."""
     from declip.train.trainer import train
     from helpers import metrics
 
     out = tmp_path / "run"
     keys = [f"train.output_dir={out}", "train.wandb=declip-test", "train.wandb_name=tiny", "train.wandb_tags=[t1]",
             "train.ckpt_every=2", "eval.every=2"]
-    train(tiny_config(*keys, "train.steps=4"))
+    train(tiny_config(*keys, "train.steps=4", small=True))
     (first,) = offline_runs(offline)
     run_id = json.loads((out / "wandb_run.json").read_text())["id"]
     assert first.name == f"run-{run_id}.wandb"
-    records = wandb_records(first)
+    records = finished_records(first)
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     assert (run.run_id, run.project, run.display_name, list(run.tags)) == (run_id, "declip-test", "tiny", ["t1"])
     config = {u.key: json.loads(u.value_json) for u in run.config.update}
@@ -114,10 +128,11 @@ def test_an_offline_run_logs_the_scalars_config_and_evaluations_and_resume_conti
     for e in evals:
         assert logged[(e["step"], "eval/builtin/top1")] == pytest.approx(e["builtin/top1"])
 
-    train(tiny_config(*keys, "train.steps=6"), resume="latest")
+    train(tiny_config(*keys, "train.steps=6", small=True), resume="latest")
     runs = offline_runs(offline)
     assert len(runs) == 2 and all(p.name == f"run-{run_id}.wandb" for p in runs)  # the same W&B run, continued
-    resumed = {(r["step"], k) for r in history(wandb_records(runs[1])) for k in r if k.startswith("train/")}
+    (second,) = [p for p in runs if p != first]
+    resumed = {(r["step"], k) for r in history(finished_records(second)) for k in r if k.startswith("train/")}
     assert {(5, "train/loss"), (6, "train/loss")} <= resumed and (4, "train/loss") not in resumed
 
 
@@ -126,9 +141,9 @@ def test_a_fresh_run_in_the_folder_starts_a_new_wandb_run(tmp_path, offline):
 
     out = tmp_path / "run"
     keys = [f"train.output_dir={out}", "train.wandb=declip-test", "train.steps=2", "eval.builtin=false"]
-    train(tiny_config(*keys))
+    train(tiny_config(*keys, small=True))
     first = json.loads((out / "wandb_run.json").read_text())["id"]
-    train(tiny_config(*keys), overwrite=True)
+    train(tiny_config(*keys, small=True), overwrite=True)
     second = json.loads((out / "wandb_run.json").read_text())["id"]
     assert first != second and len(offline_runs(offline)) == 2
 
