@@ -42,8 +42,9 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     "declip": ("declip", ["method.queue_size=4096", "method.simsiam_proj_dim=256", "method.simsiam_pred_dim=64"],
                False),
     # FILIP / DeFILIP (issue 29) at the same head/queue sizes as "declip"; FILIP with the global term on (the
-    # reference config trains the dense term alone: "filip-dense-only")
-    "filip": ("filip", [], False),
+    # reference config trains the dense term alone: "filip-dense-only"). Its weights were the field defaults
+    # 0.4 / 0.2 when it was run; written out since method.name=filip brings FILIP's own 0 / 1 (issue 38)
+    "filip": ("filip", ["method.clip_weight=0.4", "method.filip_weight=0.2"], False),
     "filip-dense-only": ("filip", ["method.clip_weight=0", "method.filip_weight=1"], False),
     "defilip": ("defilip", ["method.queue_size=4096", "method.simsiam_proj_dim=256", "method.simsiam_pred_dim=64"],
                 False),

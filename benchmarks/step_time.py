@@ -27,9 +27,12 @@ from declip.methods import build_method
 from declip.train.optim import build_optimizer
 
 
-# further methods measured beside CLIP and DeCLIP: (row label, method.name, its overrides)
+# further methods measured beside CLIP and DeCLIP: (row label, method.name, its overrides). FILIP was measured
+# with its global term on (the demo's clip_weight 0.4, the field default filip_weight 0.2), written out since
+# method.name=filip brings FILIP's reference 0 / 1 (issue 38)
 OTHER_ROWS = [("SLIP", "slip", []), ("CLIP sigmoid", "clip", ["method.contrastive_loss=sigmoid"]),
-              ("DeCLIP sigmoid", "declip", ["method.contrastive_loss=sigmoid"]), ("FILIP", "filip", []),
+              ("DeCLIP sigmoid", "declip", ["method.contrastive_loss=sigmoid"]),
+              ("FILIP", "filip", ["method.clip_weight=0.4", "method.filip_weight=0.2"]),
               ("DeFILIP", "defilip", [])]  # issue 29: the family's cost beside CLIP's, same towers, batch, steps
 
 

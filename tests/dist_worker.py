@@ -48,8 +48,8 @@ CASES: dict[str, list[str]] = {
     # SLIP's SimCLR head BatchNorm in eval mode, as SimSiam's above (per-rank batch statistics by design)
     "slip_head_bn_eval": ["method.name=slip", "method.simclr_hidden_dim=32", "method.simclr_out_dim=16"],
     # FILIP / DeFILIP: top-k below the token counts (4 image tokens, captions up to 16) so selection happens, and
-    # chunks of 3 of the 8 gathered columns, so the chunks straddle the ranks' halves
-    "filip": ["method.name=filip", "method.filip_topk=3", "method.filip_chunk=3"],
+    # chunks of 3 of the 8 gathered columns, so the chunks straddle the ranks' halves; FILIP's global term on too
+    "filip": ["method.name=filip", "method.clip_weight=0.4", "method.filip_topk=3", "method.filip_chunk=3"],
     "defilip": ["method.name=defilip", "method.simsiam_weight=0", "method.filip_topk=3", "method.filip_chunk=3"],
     # locked towers (model.lock_*): frozen parameters are in no DDP bucket, the heads on a locked tower train
     "declip_lock_image": ["method.name=declip", "model.lock_image=true"],

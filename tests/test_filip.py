@@ -88,14 +88,47 @@ def test_memory_formula_vitb32_reference_case():
 @pytest.mark.parametrize("name", ["filip", "defilip"])
 def test_weight_zero_builds_no_dense_head(tiny_cfg, name):
     with_dense = build_method(tiny_cfg(f"method.name={name}", small=True))
-    without = build_method(tiny_cfg(f"method.name={name}", "method.filip_weight=0", small=True))
+    # FILIP's own default trains the dense term alone: without it, its global term must be switched on
+    without = build_method(tiny_cfg(f"method.name={name}", "method.filip_weight=0", "method.clip_weight=1",
+                                    small=True))
     assert any(n.startswith("dense.") for n, _ in with_dense.named_parameters())
     assert not any("dense" in n for n, _ in without.named_parameters())
 
 
+@pytest.mark.parametrize("name", ["filip", "defilip"])
+@pytest.mark.parametrize("floor", [None, 0.0, 4.5])
+def test_dense_logit_scale_is_clamped_like_the_global_one(tiny_cfg, name, floor):
+    """The reference's FILIP / DeFILIP solvers clamp the dense scale into [3, 6] (log space) around every step, as
+    they clamp the global one: after_step takes both into [model.logit_scale_min, 6], the global and the dense
+    scale landing on the same value from the same start, whatever the floor; the ceiling is 6 for both."""
+    extra = [] if floor is None else [f"model.logit_scale_min={floor}"]
+    method = build_method(tiny_cfg(f"method.name={name}", *extra, small=True))
+    dense, global_ = method.dense.heads.logit_scale_dense, method.clip.logit_scale
+    assert dense.item() == pytest.approx(global_.item()) == pytest.approx(math.log(1 / 0.07))
+    method.after_step()
+    expected = max(math.log(1 / 0.07), 3.0 if floor is None else floor)
+    assert dense.item() == pytest.approx(expected) and global_.item() == pytest.approx(expected)
+    with torch.no_grad():
+        dense.fill_(7.5)
+        global_.fill_(-1.0)
+    method.after_step()
+    assert dense.item() == pytest.approx(6.0)
+    assert global_.item() == pytest.approx(3.0 if floor is None else floor)
+
+
+def test_dense_logit_scale_is_clamped_under_the_sigmoid_loss(tiny_cfg):
+    """The dense loss stays a softmax under method.contrastive_loss=sigmoid, so its scale keeps the clamp."""
+    method = build_method(tiny_cfg("method.name=filip", "method.contrastive_loss=sigmoid", small=True))
+    with torch.no_grad():
+        method.dense.heads.logit_scale_dense.fill_(1.0)
+    method.after_step()
+    assert method.dense.heads.logit_scale_dense.item() == pytest.approx(3.0)
+
+
 def test_all_filip_weights_zero_is_a_config_error(tiny_cfg):
-    with pytest.raises(ConfigError, match="method.clip_weight: all filip loss weights are 0"):
-        tiny_cfg("method.name=filip", "method.clip_weight=0", "method.filip_weight=0")
+    with pytest.raises(ConfigError, match=r"\(method.filip_weight=0\): method.filip_weight: method.clip_weight and "
+                       "method.filip_weight are both 0"):
+        tiny_cfg("method.name=filip", "method.filip_weight=0")  # clip_weight: FILIP's own default 0
 
 
 def test_dense_logit_scale_starts_at_one_over_007_and_is_not_decayed(tiny_cfg):

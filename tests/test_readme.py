@@ -80,3 +80,23 @@ def test_readme_scale_out_shows_a_literal_torchrun_line_and_gpu_choice():
                      re.M), section[:300]
     assert "scripts/slurm_declip.sbatch" in section and (ROOT / "scripts" / "slurm_declip.sbatch").is_file()
     assert "CUDA_VISIBLE_DEVICES=1" in section and "train.device=cuda:1" in section
+
+
+def test_readme_family_table_numbers_are_the_results_files():
+    """Every mean +- std in the README's family table is a cell of benchmarks/results/learning_family*.md: one
+    number per recipe and set, taken from the results, not retyped (issue 38)."""
+    results = "".join((ROOT / "benchmarks" / "results" / f"learning_family{s}.md").read_text(encoding="utf-8")
+                      for s in ("", "_s900"))
+    table = _section(_text(), "Which method / recipe when").split("| method (crop scale)", 1)[1].split("\n\n", 1)[0]
+    cells = re.findall(r"(\d+\.\d)±(\d+\.\d)", table)
+    assert len(cells) >= 60, table[:300]
+    missing = [f"{m}±{s}" for m, s in cells if f"{m} +- {s}" not in results]
+    assert not missing, f"README family-table cells not in the results files: {missing}"
+
+
+def test_the_demo_duration_is_the_same_in_declip_configs_and_the_readme():
+    from declip.recipes import demo_config_path, summary
+
+    configs = re.search(r"~(\d+) min", summary(demo_config_path()))
+    readme = re.search(r"about (\d+) minutes on 2 CPU cores", _section(_text(), "Quick start"))
+    assert configs and readme and configs.group(1) == readme.group(1), (summary(demo_config_path()), readme)

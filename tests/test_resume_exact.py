@@ -27,8 +27,10 @@ TIMING_KEYS = {"time", "images_per_s", "data_wait", "step_time_s", "tflops", "mf
 
 # a case name's overrides beyond method.name: SLIP trained with the sigmoid loss covers both the SimCLR head and
 # the sigmoid loss's own scale and bias (one case instead of two: each costs three processes)
+# FILIP with its global term on beside the dense one (its own default trains the dense term alone), so both
+# clamped logit scales move and must resume exactly
 EXTRA = {"slip+sigmoid": ["method.simclr_hidden_dim=32", "method.simclr_out_dim=16",
-                         "method.contrastive_loss=sigmoid"],
+                         "method.contrastive_loss=sigmoid"], "filip": ["method.clip_weight=0.4"],
          # fine-tuning (issue 40): a partly locked image tower, per-part lrs and layer decay (own param groups)
          "declip+finetune": ["model.lock_image=true", "model.lock_image_unlocked_groups=2", "optim.text_lr_mult=0.5",
                              "optim.heads_lr_mult=4", "optim.layer_decay=0.8"]}

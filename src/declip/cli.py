@@ -31,6 +31,8 @@ def cmd_train(args) -> int:
     from .config import default_config_path
 
     cfg = load_config(args.config or default_config_path(args.overrides), args.overrides)  # before torch loads
+    from .train.tracking import check_tracker_installed
+    check_tracker_installed(cfg)  # train.wandb without wandb installed: one line, before torch loads
     from .train.trainer import train
 
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite,

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .config_method import DEFAULT_EDA_OPS, SLIP_DEFAULTS, EdaOp, MethodConfig  # noqa: F401  (re-exported)
+from .config_method import DEFAULT_EDA_OPS, METHOD_DEFAULTS, EdaOp, MethodConfig  # noqa: F401  (re-exported)
 from .config_model import LOGIT_SCALE_MAX, ModelConfig, PresetName, TextConfig, VisionConfig  # noqa: F401
 from .config_model import fill_from_init
 from .config_parse import (ACCELERATOR_TYPES, Check, build, coerce, parse_override, record_sources, set_dotted,
@@ -152,6 +152,12 @@ class TrainConfig:
     dist_timeout_s: int = 3600  # process-group timeout: must outlast rank 0's evaluation while others wait
     peak_tflops: float = 0.0  # one device's peak at train.precision, for the logged MFU; 0 = declip's table by
     # device name (train/mfu.py; none for CPUs and unlisted devices: then only the achieved TFLOP/s is logged)
+    # Weights & Biases (the extra declip[wandb]; train/tracking.py): a project name turns it on. Rank 0 logs what
+    # TensorBoard gets, the resolved config and every evaluation; --resume continues the same W&B run
+    wandb: str = ""
+    wandb_name: str = ""  # the W&B run's display name ("" = W&B's own)
+    wandb_tags: list[str] = field(default_factory=list)
+    wandb_entity: str = ""  # the W&B team or user ("" = the logged-in user's default)
 
     def validate(self, check: Check) -> None:
         check(self.steps > 0, "train.steps", "must be > 0")
@@ -164,10 +170,25 @@ class TrainConfig:
         check(self.dist_timeout_s >= 60, "train.dist_timeout_s", "must be >= 60 seconds")
         check(self.peak_tflops >= 0, "train.peak_tflops", "must be >= 0 (0 = from the device table)")
         check(bool(self.output_dir), "train.output_dir", "must not be empty")
+        self.validate_wandb(check)
         parsed = split_device(self.device)
         check(parsed is not None and parsed[0] in ("auto", "cpu", *ACCELERATOR_TYPES), "train.device",
               f"{self.device!r}: auto, cpu, or a device type ({', '.join(ACCELERATOR_TYPES)}) with an optional "
               f"index (cuda:1){' (an NVIDIA or AMD GPU: cuda)' if parsed and parsed[0] == 'gpu' else ''}")
+
+    def validate_wandb(self, check: Check) -> None:
+        for key in ("wandb", "wandb_entity"):  # W&B refuses these characters in project and entity names
+            value = getattr(self, key)
+            check(len(value) <= 128 and not any(c in value for c in WANDB_BAD_CHARS), f"train.{key}",
+                  f"{value!r}: at most 128 characters, none of {' '.join(WANDB_BAD_CHARS)}")
+        for key in ("wandb_name", "wandb_tags", "wandb_entity"):
+            check(self.wandb or not getattr(self, key), f"train.{key}",
+                  "set train.wandb=PROJECT too (a W&B project name turns W&B logging on)")
+        for tag in self.wandb_tags:
+            check(0 < len(tag) <= 64, "train.wandb_tags", f"{tag!r}: each tag 1-64 characters (W&B's limit)")
+
+
+WANDB_BAD_CHARS = ("/", "\\", "#", "?", "%", ":")
 
 
 @dataclass
@@ -281,11 +302,11 @@ def config_from_dict(tree: dict, sources: dict[str, str] | None = None) -> Confi
         tree["eval"] = {**ev, "builtin": False}  # the built-in shapes task says nothing about a user's data
         sources["eval.builtin"] = f"default for data.source={data.get('source')}"
     method = tree.get("method", {})
-    if isinstance(method, dict) and method.get("name") == "slip":
-        for key, value in SLIP_DEFAULTS.items():  # DeCLIP's defaults are not SLIP's
-            if key not in method:
-                tree["method"] = method = {**method, key: value}
-                sources[f"method.{key}"] = "default for method.name=slip"
+    name = method.get("name", MethodConfig.name) if isinstance(method, dict) else None
+    if isinstance(name, str) and name in METHOD_DEFAULTS:  # the method's own reference weights and heads
+        unset = {k: v for k, v in METHOD_DEFAULTS[name].items() if k not in method}
+        tree["method"] = {**method, **unset}
+        sources.update({f"method.{k}": f"default for method.name={name}" for k in unset})
     cfg = build(Config, tree, sources)
     explicit_lr_is_the_peak(cfg, sources)
     validate(cfg, sources)

@@ -1,5 +1,7 @@
 """The method section of the run configuration: which member of the family trains, and its loss weights,
-heads and views. The defaults are DeCLIP's reference values; SLIP's own are applied by declip.config.
+heads and views. The field defaults are DeCLIP's reference values; naming another method brings that method's
+reference loss weights and head sizes instead (METHOD_DEFAULTS, applied by declip.config for every key the user's
+command line or config file leaves unset).
 """
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ class MethodConfig:
     # every image-text term's loss: softmax (symmetric InfoNCE, the reference's) | sigmoid (SigLIP, open_clip's:
     # its own learnable scale and bias, init log 10 and -10; losses/sigmoid.py)
     contrastive_loss: Literal["softmax", "sigmoid"] = "softmax"
-    # DeCLIP loss weights (reference: 0.4 / 0.2 / 0.2 / 0.2). 0 skips that branch's computation. SLIP reads
-    # clip_weight too: unset, it is SLIP's reference 1 (SLIP_DEFAULTS, applied by config_from_dict)
+    # DeCLIP loss weights (reference: 0.4 / 0.2 / 0.2 / 0.2). 0 skips that branch's computation. Unset, each is
+    # the named method's reference value (METHOD_DEFAULTS: SLIP's clip_weight 1, FILIP's 0)
     clip_weight: float = 0.4
     simsiam_weight: float = 0.2
     mlm_weight: float = 0.2
@@ -48,7 +50,7 @@ class MethodConfig:
     simclr_hidden_dim: int = 4096
     simclr_out_dim: int = 256
     # FILIP / DeFILIP dense (token-wise) term, methods/filip.py; 0 builds no dense head. Reference: DeFILIP 0.2;
-    # FILIP's configs train the dense term alone (clip_weight 0, filip_weight 1).
+    # FILIP's configs train the dense term alone (clip_weight 0, filip_weight 1: its METHOD_DEFAULTS).
     filip_weight: float = 0.2
     filip_dim: int = 256  # the dense heads' output width
     filip_topk: int = 16  # tokens kept per side and pair before the gather
@@ -70,13 +72,29 @@ class MethodConfig:
         if self.name == "slip":
             check(self.clip_weight + self.simclr_weight > 0, "method.simclr_weight",
                   "method.clip_weight and method.simclr_weight are both 0: SLIP would train nothing")
+        elif self.name == "filip":  # named after filip_weight: FILIP's reference trains that term alone
+            check(self.clip_weight + self.filip_weight > 0, "method.filip_weight",
+                  "method.clip_weight and method.filip_weight are both 0: FILIP would train nothing")
         elif self.name != "clip":
-            dense = self.filip_weight if self.name in ("filip", "defilip") else 0.0
-            others = (self.clip_weight,) if self.name == "filip" else (
-                self.clip_weight, self.simsiam_weight, self.mlm_weight, self.nn_weight)
+            dense = self.filip_weight if self.name == "defilip" else 0.0
+            others = (self.clip_weight, self.simsiam_weight, self.mlm_weight, self.nn_weight)
             check(sum(others) + dense > 0, "method.clip_weight", f"all {self.name} loss weights are 0")
 
 
-# method.name=slip: the loss weights of the reference (loss_weight.clip_loss 1, simclr_loss 1 in
-# experiments/slip_experiments/yfcc15m/yfcc15m_vit_slip/config.yaml) where the user sets none
-SLIP_DEFAULTS = {"clip_weight": 1.0}
+# Each method's reference loss weights and head sizes, by method.name: config_from_dict fills each key the user's
+# command line or config file leaves unset (a key set anywhere, a recipe file included, wins), and records
+# "default for method.name=NAME" as its origin. Without this the own-data defaults' DeCLIP weights would stay
+# under another method (SLIP trained at clip_weight 0.4 where its reference is 1 + 1). The values are those of
+# the shipped reference recipes (configs/{clip,declip,slip,filip,defilip}_vitb32_yfcc15m.yaml, each key traced
+# to Sense-GVT/DeCLIP's experiment configs there); tests/test_method_defaults.py holds them to those files.
+_DECLIP_REFERENCE = {"clip_weight": 0.4, "simsiam_weight": 0.2, "mlm_weight": 0.2, "nn_weight": 0.2,
+                     "queue_size": 65536, "simsiam_proj_dim": 1024, "simsiam_pred_dim": 512}
+_DENSE_REFERENCE = {"filip_dim": 256, "filip_topk": 16}
+METHOD_DEFAULTS: dict[str, dict[str, float | int]] = {
+    "clip": {"clip_weight": 1.0},  # CLIP's one term (read by no other key: its loss is unweighted)
+    "declip": _DECLIP_REFERENCE,
+    "slip": {"clip_weight": 1.0, "simclr_weight": 1.0, "simclr_hidden_dim": 4096, "simclr_out_dim": 256,
+             "simclr_temperature": 0.1},
+    "filip": {"clip_weight": 0.0, "filip_weight": 1.0, **_DENSE_REFERENCE},  # the dense term alone
+    "defilip": {**_DECLIP_REFERENCE, "filip_weight": 0.2, **_DENSE_REFERENCE},
+}

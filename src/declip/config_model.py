@@ -70,9 +70,9 @@ class ModelConfig:
     preset: PresetName = "tiny-vit"  # fills the fields below unless they are set explicitly; see PRESETS
     embed_dim: int = 128
     quick_gelu: bool = True
-    # floor of log(logit scale), applied after every optimizer step: the reference's 3 (scale >= 20.1, so the
-    # init 1/0.07 = 14.3 lasts one step); open_clip's is 0. The ceiling stays the reference's 6 (the value is
-    # capped at 100 anyway)
+    # floor of log(logit scale), applied after every optimizer step to the global scale and FILIP's dense one:
+    # the reference's 3 (scale >= 20.1, so the init 1/0.07 = 14.3 lasts one step); open_clip's is 0. The ceiling
+    # stays the reference's 6 (the global value is capped at 100 anyway)
     logit_scale_min: float = 3.0
     # start the towers from trained weights (a fresh run only; a resumed run takes its checkpoint's): a declip
     # checkpoint, an open_clip weights file, an open_clip 'local-dir:' folder or a declip export, hf-hub:ORG/NAME

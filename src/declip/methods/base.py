@@ -41,13 +41,21 @@ class Method(nn.Module):
         dense = getattr(self, "dense", None)
         return dense.heads if dense is not None else None
 
+    def softmax_scales(self) -> list[torch.Tensor]:
+        """Every softmax logit scale the reference clamps into [3, 6]: the towers' and, for the methods that
+        train FILIP's dense heads, the dense one (Sense-GVT/DeCLIP filip_solver.py, defilip_solver.py clamp both
+        alike). A sigmoid loss's own scale is not among them (``self.contrastive.clamp_``)."""
+        heads = self.eval_heads()
+        return [self.clip.logit_scale] + ([heads.logit_scale_dense] if heads is not None else [])
+
     @torch.no_grad()
     def after_step(self, applied: torch.Tensor | None = None) -> None:
-        """Called after every optimizer step: the reference clamps log(logit scale) into [3, 6] (the floor is
+        """Called after every optimizer step: the reference clamps each log(logit scale) into [3, 6] (the floor is
         ``model.logit_scale_min``). ``applied`` (0 or 1, on the device) says whether the step updated the
         weights, when the trainer decides a non-finite skip on the device; a skipped step leaves the weights as
         they were, so it is not counted. The sigmoid loss's own scale is clamped into open_clip's [0, log 100]
         instead (the reference's floor of 3 would undo SigLIP's init, log 10 = 2.3)."""
-        clamp_logit_scale(self.clip, self.cfg.model.logit_scale_min)
+        for scale in self.softmax_scales():
+            clamp_logit_scale(scale, self.cfg.model.logit_scale_min)
         self.contrastive.clamp_()
         self.steps_done += 1 if applied is None else applied.to(self.steps_done.dtype)

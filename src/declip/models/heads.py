@@ -57,8 +57,10 @@ class SimCLRHead(nn.Module):
         return self.net(x)
 class DenseHeads(nn.Module):
     """FILIP's dense heads: image tokens and text tokens each mapped by a Linear (with bias) to ``dim`` (reference:
-    256), and a dense logit scale of its own, init ln(1/0.07). The reference never clamps or caps this scale (its
-    logit-scale clamp touches the global one only); the optimizer's no-decay rule matches it by name."""
+    256), and a dense logit scale of its own, init ln(1/0.07). Like the reference's FILIP and DeFILIP solvers, the
+    method clamps it into [model.logit_scale_min, 6] after every step exactly as it clamps the global one
+    (``Method.softmax_scales``); its exp() is not capped at 100 as the global one's is. The optimizer's no-decay
+    rule matches it by name."""
 
     def __init__(self, image_width: int, text_width: int, dim: int = 256):
         super().__init__()

@@ -80,10 +80,11 @@ def encode_text_with_tokens(clip: CustomTextCLIP, ids: torch.Tensor) -> tuple[to
 
 
 @torch.no_grad()
-def clamp_logit_scale(clip: CustomTextCLIP, floor: float) -> None:
-    """log(logit scale) into [floor, 6]: the reference's [3, 6] keeps the effective scale in [20.1, 100]
-    (``model.logit_scale_min`` sets the floor; open_clip's is 0)."""
-    clip.logit_scale.clamp_(floor, LOGIT_SCALE_MAX)
+def clamp_logit_scale(scale: torch.Tensor, floor: float) -> None:
+    """log(logit scale) into [floor, 6], in place: the reference's [3, 6] keeps the effective scale in [20.1, 100]
+    (``model.logit_scale_min`` sets the floor; open_clip's is 0). The towers' scale and FILIP's dense one both go
+    through here (``Method.softmax_scales``)."""
+    scale.clamp_(floor, LOGIT_SCALE_MAX)
 
 
 def _image_parts(clip: CustomTextCLIP, images: torch.Tensor, embed: int | None = None

@@ -17,6 +17,7 @@ from ..errors import RunDirError
 from ..metric_names import producible_metrics
 from .checkpoint import write_failure
 from .run_files import RunLogFile, open_scalars
+from .tracking import open_tracker  # noqa: F401  (re-exported: the trainer opens the tracker it passes here)
 
 log = logging.getLogger("declip")
 
@@ -194,12 +195,13 @@ def truncate_metrics(path: Path, after_step: int) -> int:
 class MetricsWriter:
     """``resume_step``: the step this run starts from (0 for a fresh start); records and TensorBoard events
     past it, left by an interrupted run (or an earlier run in the same directory), are discarded, so every
-    step appears once in both. None keeps everything (append only)."""
+    step appears once in both. None keeps everything (append only). ``tracker``: an experiment tracker (W&B,
+    train/tracking.py) that gets every record too, or None."""
 
     def __init__(self, output_dir: Path, tensorboard: bool = True, enabled: bool = True,
-                 resume_step: int | None = None):
+                 resume_step: int | None = None, tracker=None):
         self.enabled = enabled
-        self.tb = None
+        self.tb, self.tracker = None, tracker
         if not enabled:
             return
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -226,6 +228,8 @@ class MetricsWriter:
             for k, v in values.items():
                 if isinstance(v, (int, float)):
                     self.tb.add(f"{kind}/{k}", v, step)
+        if self.tracker is not None:
+            self.tracker.log(step, values, kind)
 
     def close(self) -> None:
         if self.enabled:
@@ -235,6 +239,9 @@ class MetricsWriter:
                 pass
             if self.tb is not None:
                 self.tb.close()
+        if self.tracker is not None:
+            self.tracker.close()
+            self.tracker = None
 
 
 def progress_bar(total: int, initial: int, wanted: bool):

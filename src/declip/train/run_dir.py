@@ -31,9 +31,10 @@ SHAPE_PREFIXES = ("model.", "method.name", "method.simsiam_proj_dim", "method.si
 FREE_PREFIXES = ("train.steps", "train.log_every", "train.ckpt_every", "train.keep_last", "train.progress",
                  "train.tensorboard", "train.output_dir", "train.dist_timeout_s", "train.max_nonfinite_skips",
                  "train.peak_tflops", "train.mode", "train.compile", "train.grad_checkpointing", "train.channels_last",
+                 "train.wandb",  # W&B settings: where the run is logged, not how it trains
                  "data.num_workers", "data.pin_memory", "data.index_dir", "eval.",
                  "model.init_from")  # init_from: a resumed run's weights come from its checkpoint, not from it
-RUN_FILES = ("metrics.jsonl", "tensorboard", "config.yaml", "train.log")
+RUN_FILES = ("metrics.jsonl", "tensorboard", "config.yaml", "train.log", "wandb", "wandb_run.json")
 
 
 def config_changes(old: dict, new: dict) -> list[tuple[str, object, object]]:

@@ -31,8 +31,8 @@ from .checkpoint import (link_best, list_checkpoints, load_checkpoint, load_mode
                          save_checkpoint, set_rng_state)
 from .evaluation import score_towers
 from .health import DeviceSkip, NonFiniteGuard, SkipRateGuard
-from .metrics import (MetricMeter, MetricsWriter, StepClock, describe_run, log, log_step, progress_bar,
-                      setup_logging)
+from .metrics import (MetricMeter, MetricsWriter, StepClock, describe_run, log, log_step, open_tracker,
+                      progress_bar, setup_logging)
 from .mfu import StepFlops, device_peak_tflops
 from .optim import build_optimizer, load_optimizer_state, lr_at, part_lrs, set_lr
 from .preemption import PreemptionSignals
@@ -105,8 +105,8 @@ class Trainer:
             start=self.consumed, pin_memory=cfg.data.pin_memory and self.device.type != "cpu")
         self.loader.worker_init_fn = functools.partial(ignore_preemption_in_worker, self.loader.worker_init_fn)
         self.model = wrap_ddp(self.method, self.device, self.info.world_size)
-        self.writer = MetricsWriter(self.out, tr.tensorboard, enabled=self.info.is_main,
-                                    resume_step=self.step)  # drops records a killed run logged past it
+        self.writer = MetricsWriter(self.out, tr.tensorboard, enabled=self.info.is_main, resume_step=self.step,
+                                    tracker=open_tracker(cfg, self.out, self.info.is_main, state is not None))
         self.meter, self.clock = MetricMeter(), StepClock(self.step)
         self.flops = StepFlops(device_peak_tflops(self.device, self.precision, tr.peak_tflops))
         self.lr_scale = cfg.optim.lr_scale(tr.batch_size * tr.grad_accum * self.info.world_size)
