@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import logging
 import sys
 from pathlib import Path
 
@@ -216,10 +215,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         message = f"{'config error' if isinstance(e, ConfigError) else 'error'}: {one_line(e)}"
         print(message, file=sys.stderr)
-        record = logging.LogRecord("declip", logging.ERROR, __file__, 0, message, None, sys.exc_info())
-        for handler in logging.getLogger().handlers:  # the run's train.log, with the traceback for later
-            if isinstance(handler, logging.FileHandler):
-                handler.handle(record)
         return 2 if isinstance(e, ConfigError) else 1
 
 

@@ -16,7 +16,7 @@ from ..config import Config, from_preset
 from ..errors import RunDirError
 from ..metric_names import producible_metrics
 from .checkpoint import write_failure
-from .run_files import RunLogFile, open_scalars
+from .run_files import RunLogFile, close_run_logs, open_scalars  # noqa: F401  (close_run_logs re-exported)
 from .tracking import open_tracker  # noqa: F401  (re-exported: the trainer opens the tracker it passes here)
 
 log = logging.getLogger("declip")

@@ -28,8 +28,12 @@ class RunLogFile(logging.FileHandler):
     failed = False
 
     def emit(self, record: logging.LogRecord) -> None:
-        if not self.failed:
+        if self.failed:
+            return
+        try:  # FileHandler opens a closed stream again outside the try that routes write errors to handleError
             super().emit(record)
+        except OSError:
+            self.handleError(record)
 
     def handleError(self, record: logging.LogRecord) -> None:
         error = sys.exc_info()[1]
@@ -52,6 +56,19 @@ class RunLogFile(logging.FileHandler):
             super().close()
         except OSError:
             pass
+
+
+def close_run_logs(failure: BaseException | None = None) -> None:
+    """The end of a run: its ``train.log`` gets the failure's traceback (the console had the one line), then the
+    handler is closed and removed, so that nothing later in the process (another ``declip.train``, a data check)
+    writes into this run's log or into a folder that may be gone."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, RunLogFile)]:
+        if failure is not None and not isinstance(failure, KeyboardInterrupt):
+            handler.handle(logging.LogRecord("declip", logging.ERROR, __file__, 0, f"run failed: {failure}", None,
+                                             (type(failure), failure, failure.__traceback__)))
+        root.removeHandler(handler)
+        handler.close()
 
 
 def _quiet_tensorboard_threads() -> None:

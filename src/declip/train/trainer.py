@@ -31,8 +31,8 @@ from .checkpoint import (link_best, list_checkpoints, load_checkpoint, load_mode
                          save_checkpoint, set_rng_state)
 from .evaluation import score_towers
 from .health import DeviceSkip, NonFiniteGuard, SkipRateGuard
-from .metrics import (MetricMeter, MetricsWriter, StepClock, describe_run, log, log_step, open_tracker,
-                      progress_bar, setup_logging)
+from .metrics import (MetricMeter, MetricsWriter, StepClock, close_run_logs, describe_run, log, log_step,
+                      open_tracker, progress_bar, setup_logging)
 from .mfu import StepFlops, device_peak_tflops
 from .optim import build_optimizer, load_optimizer_state, lr_at, part_lrs, set_lr
 from .preemption import PreemptionSignals
@@ -387,13 +387,18 @@ class Trainer:
 
 
 def train(cfg: Config, resume: str | None = None, **options) -> dict:
-    """Build a :class:`Trainer` and run it; the loader workers and the process group never outlive it."""
-    trainer = None
+    """Build a :class:`Trainer` and run it; the loader workers, the process group and the run's train.log (which
+    gets the failure's traceback) never outlive it."""
+    trainer, failure = None, None
     try:
         trainer = Trainer(cfg, resume, **options)
         return trainer.train()
+    except BaseException as e:
+        failure = e
+        raise
     finally:
         if trainer is not None:
             trainer.close()
         else:
             dist.cleanup()  # a failed start (bad resume path, data error) must not leave the process group open
+        close_run_logs(failure)
