@@ -57,6 +57,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="token: FILIP's token-wise similarity for zero-shot and retrieval (filip/defilip "
                         "checkpoints; eval.similarity); default: the checkpoint's eval.similarity (global)")
     p.add_argument("--brief", action="store_true", help="one line per set instead of the JSON metrics")
+    p.add_argument("--output", default=None, metavar="FILE",
+                   help="also write the JSON metrics to FILE (keys: docs/evaluation.md)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (off anyway when not a terminal)")
     p.add_argument("--write-builtin", default=None, metavar="DIR",
                    help="write the built-in held-out sets as manifests + PNGs to DIR and exit")
     p.add_argument("overrides", nargs="*", metavar="eval.KEY=VALUE",
@@ -134,49 +137,39 @@ def run_eval_command(args) -> int:
     except EvalDataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.brief:
-        print(format_results(results))
-    else:  # the flat metrics as JSON, as `declip eval` always printed them
-        print(json.dumps({k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in results.items()}, indent=1))
+    text = json.dumps({k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in results.items()}, indent=1)
+    if args.output:  # the JSON, whatever is printed (keys: docs/evaluation.md)
+        try:
+            with open(args.output, "w", encoding="utf-8") as f:
+                f.write(text + "\n")
+        except OSError as e:
+            print(f"error: --output {args.output}: cannot write ({e.strerror or e}); give a writable file path",
+                  file=sys.stderr)
+            return 1
+    print(format_results(results) if args.brief else text)  # --brief: one line per set; else the JSON
     return 0
 
 
 def _evaluate(args) -> dict:
-    from .config import config_from_dict
-    from .device import resolve_device
-    from .metric_names import BUILTIN_SET
-    from .eval.suite import _has_files, run_evaluation
-    from .errors import CheckpointError
-    from .export import load_towers
+    """The flags as ``eval.*`` values with their sources, then the API's evaluation (one code path with
+    ``declip.evaluate``)."""
+    from .api import evaluate_with
 
-    device = resolve_device(args.device or "auto")
     keyed, keyed_sources = key_value_overrides(args.overrides)
-    try:
-        clip, ckpt_cfg, state = load_towers(args.checkpoint, device)
-    except CheckpointError as e:
-        if "token" not in (args.similarity, keyed.get("similarity")):
-            raise
-        raise CheckpointError(f"{e}; eval.similarity=token reads a declip checkpoint (ckpt_*.pt / best.pt of "
-                              "filip or defilip): an exported open_clip model has no dense heads") from e
     over, sources = eval_overrides(args)
     if args.similarity:
         sources["eval.similarity"] = "command line (--similarity)"
-    tree = ckpt_cfg.to_dict()
-    tree["eval"].update({**over, **_runtime(args), **keyed})
-    cfg = config_from_dict(tree, {**sources, **keyed_sources})  # ConfigError names the flag
-    dense = None
-    if cfg.eval.similarity == "token":
-        from .eval.tokenwise import load_dense_heads
+    return evaluate_with(args.checkpoint, {**over, **_runtime(args), **keyed}, {**sources, **keyed_sources},
+                         device=args.device or "auto", progress=not args.no_progress, no_data=_no_data)
 
-        dense = load_dense_heads(state, cfg, args.checkpoint).to(device)
-    idle = [t for t in cfg.eval.tasks if not _has_files(cfg, t) and not cfg.eval.builtin]
-    if idle:
-        from .eval.common import EvalDataError
 
-        raise EvalDataError(f"--task {idle[0]} has no data: give its files (zeroshot: --val-manifest/--val-root; "
-                            f"retrieval: --captions/--root; linear-probe: --train-manifest/--test-manifest) or "
-                            f"--builtin for the built-in set ({BUILTIN_SET[idle[0]]}/)")
-    return run_evaluation(clip, cfg, device, dense=dense)
+def _no_data(task: str) -> str:
+    """What ``declip eval`` says of a task that has no set to run on: the flags that give it one."""
+    from .metric_names import BUILTIN_SET
+
+    return (f"--task {task} has no data: give its files (zeroshot: --val-manifest/--val-root; retrieval: "
+            f"--captions/--root; linear-probe: --train-manifest/--test-manifest) or --builtin for the built-in set "
+            f"({BUILTIN_SET[task]}/)")
 
 
 def format_results(results: dict) -> str:
