@@ -15,6 +15,8 @@ imported by the first call that needs it.
 """
 from __future__ import annotations
 
+import sys
+
 from .version import __version__
 
 # the functions (declip.api) and the loss modules, each documented in docs/api.md
@@ -25,7 +27,11 @@ __all__ = ["__version__", *_FUNCTIONS, "Config", "ConfigError", *_LOSSES]
 
 
 def __getattr__(name: str):
-    if name in _FUNCTIONS:
+    if name == "train":  # the training package, callable as the function (declip/train/__init__.py says why)
+        import declip.train  # absolute: `from . import train` would ask this __getattr__ again, endlessly
+
+        value = sys.modules["declip.train"]
+    elif name in _FUNCTIONS:
         from . import api
 
         value = getattr(api, name)

@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .config import Config, ConfigError, config_from_dict, validate
+from . import train  # noqa: F401  (declip.train: the training package, callable as train(cfg, resume=None))
+from .config import Config, ConfigError, config_from_dict
 from .config import load_config as _load_file
 from .recipes import default_config_path
 from .vocab import VOCAB_SIZE
@@ -39,24 +40,9 @@ def load_config(recipe: str | Path | None = None, overrides: Overrides = (), *, 
     built-in demo, or the own-data defaults when the overrides set ``data.source``. ``overrides`` are
     ``key=value`` strings or a ``{dotted key: value}`` mapping. A mistake raises :class:`ConfigError` naming
     the key and where its value came from. ``allow_unset``: a required key left empty (``data.path`` of a
-    manifest recipe) is no error (``declip config show`` prints such a config); :func:`train` refuses it."""
+    manifest recipe) is no error (``declip config show`` prints such a config); :func:`declip.train.run` refuses it."""
     items = _as_items(overrides)
     return _load_file(recipe if recipe is not None else default_config_path(items), items, allow_unset=allow_unset)
-
-
-def train(cfg: Config | str | Path, resume: str | None = None, *, overwrite: bool = False,
-          allow_config_change: bool = False) -> dict:
-    """Run training as ``declip train`` does (one run per ``train.output_dir``: its lock, train.log,
-    metrics.jsonl, checkpoints, evaluation at the end) and return the closing summary: ``step``, ``eval`` (the
-    last evaluation's metrics), ``checkpoint`` (the last one's path), ``best`` (``metric``, ``value``, ``step``,
-    ``path``) where a best.pt was kept, skip and timing counts. ``cfg``: a Config, or a recipe name / YAML file.
-    ``resume``: ``latest``, ``latest-or-new``, ``best`` or a checkpoint path, as ``--resume``."""
-    if not isinstance(cfg, Config):
-        cfg = load_config(cfg)
-    validate(cfg, getattr(cfg, "origins", {}))  # a config loaded with allow_unset: a required key is still empty
-    from .train.trainer import train as run
-
-    return run(cfg, resume=resume, overwrite=overwrite, allow_config_change=allow_config_change)
 
 
 # ----------------------------------------------------------------------------------------------- evaluate

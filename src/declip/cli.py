@@ -24,7 +24,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .api import load_config, train
+from .api import load_config
 from .config import ConfigError
 from .errors import DeclipError
 from .version import __version__
@@ -32,7 +32,9 @@ from .version import __version__
 
 def cmd_train(args) -> int:
     cfg = load_config(args.config, args.overrides)  # before torch loads
-    summary = train(cfg, resume=args.resume, overwrite=args.overwrite, allow_config_change=args.allow_config_change)
+    from .train import run
+
+    summary = run(cfg, resume=args.resume, overwrite=args.overwrite, allow_config_change=args.allow_config_change)
     text = closing_summary(summary, cfg)
     if text:  # rank 0 only: the other ranks have no results and no checkpoint
         print(text)

@@ -1,4 +1,5 @@
-"""``declip data check|shard|to-wds|example``: the command-line side of :mod:`declip.data.tools` (kept out of the data layer)."""
+"""``declip data check|shard|to-wds|example``: the command-line side of :mod:`declip.data.tools` and the eval
+layer's data tools (kept out of the data layer)."""
 from __future__ import annotations
 
 import argparse
