@@ -47,7 +47,7 @@ def load_config(recipe: str | Path | None = None, overrides: Overrides = (), *, 
 
 # ----------------------------------------------------------------------------------------------- evaluate
 def evaluate(model_or_checkpoint, overrides: Overrides = (), *, config: Config | None = None,
-             device: str = "auto", progress: bool = False) -> dict[str, float]:
+             device: str | None = None, progress: bool = False) -> dict[str, float]:
     """The evaluation suite (zero-shot, retrieval, linear probe; docs/evaluation.md) -> the flat metrics
     ``declip eval`` prints as JSON (``{"builtin/top1": ..., "val/top1": ..., "retrieval/i2t_r1": ...}``).
 
@@ -55,7 +55,8 @@ def evaluate(model_or_checkpoint, overrides: Overrides = (), *, config: Config |
     flags), a declip method (:func:`build_method`: its config; FILIP's dense heads for token similarity) or
     open_clip towers (``config`` or the defaults, with the towers' input size and context length).
     ``overrides``: ``eval.*`` keys only, as strings or a mapping (``{"eval.val_manifest": "labels.jsonl",
-    "eval.val_root": "images"}``). ``progress``: bars on a terminal."""
+    "eval.val_root": "images"}``). ``device``: where to run (default: a model's own device; ``auto`` for a
+    checkpoint, as ``declip eval``). ``progress``: bars on a terminal."""
     items = _as_items(overrides)
     values, sources = {}, {}
     from .config_parse import parse_override
@@ -80,13 +81,15 @@ def _no_data(task: str) -> str:
 
 
 def evaluate_with(target, values: dict, sources: dict[str, str], *, config: Config | None = None,
-                  device: str = "auto", progress: bool = False, no_data=_no_data) -> dict[str, float]:
+                  device: str | None = None, progress: bool = False, no_data=_no_data) -> dict[str, float]:
     """:func:`evaluate` with the ``eval.*`` values already parsed (``{name: value}``) and their sources named
     (the command line's flags, for ``declip eval``). ``no_data(task)``: the message for a task given no set."""
     from .device import resolve_device
     from .eval.common import EvalDataError
     from .eval.suite import _has_files, run_evaluation
 
+    if device is None and not isinstance(target, (str, Path)):  # a model stays where the caller put it
+        device = str(next(target.parameters()).device)
     device = resolve_device(device or "auto")
     clip, tree, dense, state = _towers(target, config, device, values.get("similarity"))
     tree["eval"].update(values)
