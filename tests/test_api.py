@@ -136,6 +136,12 @@ def test_config_show_prints_a_recipe_whose_data_keys_are_unset_and_train_refuses
     assert main(["train", "--config", "declip_small_data", "data.root=images"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "data.path: data.source=manifest needs a path" in err[0], err
+    from declip.recipes import recipe_names
+
+    for name in recipe_names():  # every shipped recipe shows as shipped, its data keys set or not
+        assert main(["config", "show", "--config", name]) == 0, name
+    unset = [line for line in capsys.readouterr().out.splitlines() if "# UNSET" in line]
+    assert unset and all(line.startswith(("data.path:", "data.root:")) for line in unset), unset
 
 
 def test_declip_docs_prints_the_shipped_pages(capsys):
