@@ -9,7 +9,6 @@ fast; torch loads when a function that needs it runs.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -27,6 +26,8 @@ def _as_items(overrides: Overrides) -> list[str]:
     JSON, which the override parser (YAML) reads back as the same value: ``{"data.path": "a: b.jsonl"}`` stays a
     string, ``{"optim.betas": [0.9, 0.95]}`` a list."""
     if isinstance(overrides, Mapping):
+        import json  # here: `declip --help` and `import declip` need no JSON
+
         return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
     if isinstance(overrides, str):
         raise ConfigError(f"overrides: {overrides!r}: give a list of key=value strings or a mapping, not one string")

@@ -24,16 +24,16 @@ import logging
 import sys
 from pathlib import Path
 
-from .api import load_config
 from .config import ConfigError
 from .errors import DeclipError
 from .version import __version__
 
 
 def cmd_train(args) -> int:
-    cfg = load_config(args.config, args.overrides)  # before torch loads
+    from .api import load_config
     from .train import run
 
+    cfg = load_config(args.config, args.overrides)  # before torch loads
     summary = run(cfg, resume=args.resume, overwrite=args.overwrite, allow_config_change=args.allow_config_change)
     text = closing_summary(summary, cfg)
     if text:  # rank 0 only: the other ranks have no results and no checkpoint
@@ -77,6 +77,7 @@ def cmd_configs(args) -> int:
 def cmd_config_show(args) -> int:
     """The resolved config; a required key still empty (a recipe for one's own data before its path is set) is
     shown as unset, with the key to set, rather than refused: training refuses it."""
+    from .api import load_config
     from .config_parse import show_config
     from .recipes import is_shipped
 
