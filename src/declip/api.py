@@ -89,7 +89,7 @@ def evaluate_with(target, values: dict, sources: dict[str, str], *, config: Conf
     from .eval.common import EvalDataError
     from .eval.suite import _has_files, run_evaluation
 
-    if device is None and not isinstance(target, (str, Path)):  # a model stays where the caller put it
+    if device is None and hasattr(target, "parameters"):  # a model stays where the caller put it
         device = str(next(target.parameters()).device)
     device = resolve_device(device or "auto")
     clip, tree, dense, state = _towers(target, config, device, values.get("similarity"))
