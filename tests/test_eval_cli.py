@@ -131,7 +131,7 @@ def test_help_says_what_every_command_does(capsys):
     assert "declip data check|shard|to-wds" in text
     subs = build_parser()._subparsers._group_actions[0]
     helps = {a.dest: a.help for a in subs._choices_actions}
-    assert set(helps) == {"train", "configs", "config", "eval", "export", "plot", "data"}
+    assert set(helps) == {"train", "configs", "config", "eval", "export", "plot", "data", "docs"}
     assert all(helps.values()), "every sub-command has a help line"
     assert "recipes" in helps["configs"] and "resolved config" in helps["config"]
     assert "evaluate" in helps["train"] and "retrieval" in helps["eval"] and "CLIP_benchmark" in helps["data"]

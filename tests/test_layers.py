@@ -1,18 +1,22 @@
 """The architecture as the import graph: layers only point down (config -> data -> models/losses -> methods ->
-train -> eval -> cli) and no module imports itself back through others. Read from the source with ``ast``, so
-a back-arrow or a circle fails here, not in a reviewer's head."""
+train -> eval -> api -> cli; the package's ``__init__`` re-exports the API on top) and no module imports itself
+back through others. Read from the source with ``ast``, so a back-arrow or a circle fails here, not in a
+reviewer's head."""
 import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "declip"
 # A module may import its own layer and any layer with a smaller number, never a larger one.
 LAYERS = {
-    "__init__": 0, "errors": 0, "vocab": 0, "presets": 0, "metric_names": 0, "checkpoint_file": 0.5,
+    "version": 0, "errors": 0, "vocab": 0, "presets": 0, "metric_names": 0, "checkpoint_file": 0.5,
     "config_parse": 1, "model_ref": 1.5,  # reading a checkpoint / resolving a model reference: config reads both
     "device": 1.5, "recipes": 1.5,  # they read strings with config_parse's helpers; config uses recipes
+    "docs_pages": 1.5,
     "config_model": 1.75, "config_method": 1.75,  # the model and method sections; config gathers them
     "config": 2, "distributed": 2, "data": 3, "models": 4, "losses": 4, "methods": 5, "train": 6, "eval": 6,
-    "export": 7, "plot": 7, "loading": 7.5, "cli_data": 8, "cli_eval": 8, "cli": 9,
+    "export": 7, "plot": 7, "loading": 7.25, "api": 7.5, "cli_data": 8, "cli_eval": 8, "cli": 9,
+    # the package's face: ``import declip`` re-exports the API (lazily, so the CLI does not load it)
+    "__init__": 10,
 }
 # Evaluation runs inside training (zero-shot every eval.every steps): train -> eval is the one allowed
 # sideways arrow between the two layer-5 packages; eval never imports train.
@@ -25,8 +29,11 @@ def module_name(path: Path) -> str:
     return ".".join(["declip", *parts])
 
 
-def imports(path: Path) -> set[str]:
-    """Project modules imported by ``path`` (top-level and function-level imports alike)."""
+def imports(path: Path, modules: frozenset[str] = frozenset()) -> set[str]:
+    """Project modules imported by ``path`` (top-level and function-level imports alike). ``from pkg import mod``
+    of a submodule (one of ``modules``) imports that submodule, not the package: a package's ``__init__`` runs
+    before any of its submodules anyway, so counting it would make ``declip``'s API face every module's
+    dependency."""
     here = module_name(path).split(".")
     package = here if path.name == "__init__.py" else here[:-1]
     found = set()
@@ -35,8 +42,10 @@ def imports(path: Path) -> set[str]:
             base = package[: len(package) - node.level + 1] if node.level else []
             mod = ".".join([*base, *(node.module.split(".") if node.module else [])])
             if mod.startswith("declip"):
-                found.add(mod)
-                found.update(f"{mod}.{a.name}" for a in node.names)
+                named = {f"{mod}.{a.name}" for a in node.names}
+                found.update(named)
+                if not named <= modules:
+                    found.add(mod)
         elif isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.startswith("declip"))
     return found
@@ -44,7 +53,7 @@ def imports(path: Path) -> set[str]:
 
 def graph() -> dict[str, set[str]]:
     files = {module_name(p): p for p in PKG.rglob("*.py")}
-    return {m: {i for i in imports(p) if i in files and i != m} for m, p in files.items()}
+    return {m: {i for i in imports(p, frozenset(files)) if i in files and i != m} for m, p in files.items()}
 
 
 def layer(module: str) -> tuple[str, int]:

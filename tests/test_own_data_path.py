@@ -1,28 +1,23 @@
 """The README's "Train on your own data" section, run as written (issue 31): its `declip` commands are parsed
 from the README, so a change there that breaks the path breaks this test. They run in order on a small
-generated set (scripts/make_shapes_data.py, the file names the README uses), with the recipe picked by its
-shipped name and the tiny model appended (tests/helpers.py TINY wins over the README's sizes and steps): check
-the data, train, evaluate zero-shot and retrieval, export, and load the export in open_clip."""
-import importlib.util
+generated set (`declip data example DIR`, the README's own command for it, smaller), with the recipe picked by
+its shipped name and the tiny model appended (tests/helpers.py TINY wins over the README's sizes and steps):
+write the example, check the data, train, evaluate zero-shot and retrieval, export, and load the export in
+open_clip."""
 import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
 
+from declip.eval.example_data import write_example
 from helpers import TINY, readme_commands, readme_section
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-ROOT = Path(__file__).resolve().parents[1]
 # Evaluation in-process and without worker processes: the point is the path, not the loader.
 FAST = ["eval.num_workers=0", "eval.batch_size=32"]
-
-
-def _make_shapes_data():
-    spec = importlib.util.spec_from_file_location("make_shapes_data", ROOT / "scripts" / "make_shapes_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.write_shapes_data
+SMALL_EXAMPLE = ["--pairs", "48", "--labelled", "20", "--captions", "10"]
 
 
 def _by_command(commands: list[list[str]]) -> dict[str, list[str]]:
@@ -33,6 +28,13 @@ def _by_command(commands: list[list[str]]) -> dict[str, list[str]]:
     return found
 
 
+def _example_command(section: str) -> tuple[list[str], str]:
+    """The README's `declip data example DIR && cd DIR` (inline, before the steps): (argv, the folder to enter)."""
+    found = re.search(r"`declip (data example [^`&]+?) && cd ([^`]+)`", section)
+    assert found, "the README's own-data section says how to write the example set (declip data example DIR)"
+    return shlex.split(found.group(1)), found.group(2).strip()
+
+
 def test_readme_own_data_commands_run_as_written(tmp_path, monkeypatch, capsys):
     import open_clip
 
@@ -41,10 +43,12 @@ def test_readme_own_data_commands_run_as_written(tmp_path, monkeypatch, capsys):
     section = readme_section("Train on your own data")
     commands = _by_command(readme_commands(section))
     assert set(commands) >= {"data", "train", "eval", "export"}, commands
-    assert "make_shapes_data.py" in section  # the README says where the example data comes from
 
-    _make_shapes_data()(tmp_path, pairs=48, labelled=20, captions=10)
-    monkeypatch.chdir(tmp_path)  # the README's paths are relative to the data folder
+    example, folder = _example_command(section)  # written by the installed package: no clone needed
+    monkeypatch.chdir(tmp_path)
+    assert main([*example, *SMALL_EXAMPLE]) == 0
+    assert "wrote an example own-data set" in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path / folder)  # the README's paths are relative to the data folder
 
     check = commands["data"]
     assert check[:2] == ["data", "check"], check
@@ -82,7 +86,7 @@ def test_every_method_trains_on_a_manifest_and_ends_with_a_zero_shot(tmp_path, m
     with zero-shot on a labelled manifest, as the README's own-data path does."""
     from declip.cli import main
 
-    _make_shapes_data()(tmp_path, pairs=32, labelled=10, captions=4)
+    write_example(tmp_path, pairs=32, labelled=10, captions=4)
     monkeypatch.chdir(tmp_path)
     name, _, loss = method.partition("+")
     args = ["train", "data.source=manifest", "data.path=captions.jsonl", "data.root=images",

@@ -9,7 +9,9 @@ nearest-neighbour supervision).
   declip export CKPT DIR            the towers as an open_clip 'local-dir:' model (open_clip, CLIP_benchmark)
   declip data check|shard|to-wds    validate a caption or labelled manifest / write training shards / write it
                                     as a CLIP_benchmark data set
+  declip data example DIR           a small example set to try the own-data steps on
   declip plot RUN_DIR               training curves (loss, lr, zero-shot) of a run as a PNG
+  declip docs [TOPIC]               the documentation (shipped with the package): data-formats, api, ...
 
 Every expected failure prints one line and exits non-zero (1; 2 for a config error); --debug shows the
 traceback.
@@ -21,21 +23,17 @@ import errno
 import sys
 from pathlib import Path
 
-from . import __version__
-from .config import ConfigError, load_config
+from .config import ConfigError
 from .errors import DeclipError, os_error_text
+from .version import __version__
 
 
 def cmd_train(args) -> int:
-    from .config import default_config_path
+    from .api import load_config
+    from .train import run
 
-    cfg = load_config(args.config or default_config_path(args.overrides), args.overrides)  # before torch loads
-    from .train.tracking import check_tracker_installed
-    check_tracker_installed(cfg)  # train.wandb without wandb installed: one line, before torch loads
-    from .train.trainer import train
-
-    summary = train(cfg, resume=args.resume, overwrite=args.overwrite,
-                    allow_config_change=args.allow_config_change)
+    cfg = load_config(args.config, args.overrides)  # before torch loads
+    summary = run(cfg, resume=args.resume, overwrite=args.overwrite, allow_config_change=args.allow_config_change)
     text = closing_summary(summary, cfg)
     if text:  # rank 0 only: the other ranks have no results and no checkpoint
         print(text)
@@ -76,13 +74,21 @@ def cmd_configs(args) -> int:
 
 
 def cmd_config_show(args) -> int:
-    from .config import default_config_path
+    """The resolved config; a required key still empty (a recipe for one's own data before its path is set) is
+    shown as unset, with the key to set, rather than refused: training refuses it."""
+    from .api import load_config
     from .config_parse import show_config
     from .recipes import is_shipped
 
-    cfg = load_config(args.config or default_config_path(args.overrides), args.overrides)
+    cfg = load_config(args.config, args.overrides, allow_unset=True)
     origins = {k: f"recipe {Path(v).stem}" if is_shipped(v) else v for k, v in cfg.origins.items()}
+    unset = cfg.data.required_unset()
+    for key, why in unset:
+        origins[key] = f"UNSET: {why}"
     print(show_config(cfg.to_dict(), origins))
+    if unset:
+        print(f"\n{len(unset)} required key(s) unset: {', '.join(key for key, _ in unset)}; declip train needs "
+              f"them, e.g. {' '.join(f'{key}=...' for key, _ in unset)}")
     return 0
 
 
@@ -117,6 +123,13 @@ def cmd_export(args) -> int:
         repo = args.repo_id or "ORG/NAME"
         print(f"push it: huggingface_hub.upload_folder(folder_path='{out}', repo_id='{repo}'); then "
               f"open_clip.create_model_and_transforms('hf-hub:{repo}')")
+    return 0
+
+
+def cmd_docs(args) -> int:
+    from .docs_pages import read_page
+
+    print(read_page(args.topic), end="")
     return 0
 
 
@@ -184,7 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/curves.png)")
     pl.set_defaults(func=cmd_plot)
 
-    from .cli_data import add_data_parser  # declip data check | shard
+    dp = sub.add_parser("docs", help="print a documentation page (shipped with the package); no topic: the index")
+    dp.add_argument("topic", nargs="?", default=None, help="data-formats, recipes, evaluation, api, ... "
+                    "(declip docs lists them)")
+    dp.set_defaults(func=cmd_docs)
+
+    from .cli_data import add_data_parser  # declip data check | shard | to-wds | example
 
     add_data_parser(sub)
     return p

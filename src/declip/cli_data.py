@@ -1,4 +1,5 @@
-"""``declip data check|shard``: the command-line side of :mod:`declip.data.tools` (kept out of the data layer)."""
+"""``declip data check|shard|to-wds|example``: the command-line side of :mod:`declip.data.tools` and the eval
+layer's data tools (kept out of the data layer)."""
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,7 @@ def cmd_shard(args) -> int:
 def cmd_to_wds(args) -> int:
     from .config import Config, ConfigError, config_from_dict
     from .data.labelled import manifest_kind
-    from .eval.common import EvalDataError
+    from .eval.common import EvalDataError, show_progress
     from .eval.to_wds import captions_to_wds, check_out, clip_benchmark_command, labelled_to_wds
 
     flags = {"classnames": args.classnames, "templates": args.templates, "val_kind": args.val_kind,
@@ -55,7 +56,8 @@ def cmd_to_wds(args) -> int:
         check_out(args.out, args.manifest, args.root, args.overwrite)  # before anything is read or written
         kind = manifest_kind(args.manifest) if args.kind == "auto" else args.kind
         convert = labelled_to_wds if kind == "labelled" else captions_to_wds
-        stats = convert(cfg, args.manifest, args.root, args.out)
+        with show_progress(not args.no_progress):  # a bar on a terminal, as data check and shard draw
+            stats = convert(cfg, args.manifest, args.root, args.out)
     except (ConfigError, EvalDataError, OSError) as e:
         text = os_error_text(e) if isinstance(e, OSError) else e
         print(f"{'config error' if isinstance(e, ConfigError) else 'error'}: {text}", file=sys.stderr)
@@ -71,9 +73,25 @@ def cmd_to_wds(args) -> int:
     return 0
 
 
+def cmd_example(args) -> int:
+    from .eval.example_data import write_example
+
+    if min(args.pairs, args.labelled, args.captions) < 2:
+        print("error: --pairs, --labelled and --captions must be >= 2", file=sys.stderr)
+        return 2
+    paths = write_example(args.dir, args.pairs, args.labelled, args.captions, show=not args.no_progress)
+    print(f"wrote an example own-data set to {paths['root']} (images under {paths['images'].name}/):\n"
+          f"  captions.jsonl       {args.pairs} training pairs (filename, caption)\n"
+          f"  labels.jsonl         {args.labelled} held-out labelled scenes, 10 shapes (zero-shot)\n"
+          f"  test_captions.jsonl  {args.captions} held-out scenes, 2 captions each (retrieval)\n"
+          f"next: cd {paths['root']} and follow the README's \"Train on your own data\" (declip docs readme)")
+    return 0
+
+
 def add_data_parser(sub) -> None:
     """Register ``declip data check|shard|to-wds`` on the top-level sub-parsers."""
-    d = sub.add_parser("data", help="check a manifest; write it as training shards or as a CLIP_benchmark set")
+    d = sub.add_parser("data", help="check a manifest; write it as training shards or as a CLIP_benchmark set; "
+                       "write an example set")
     dsub = d.add_subparsers(dest="data_command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -122,4 +140,15 @@ def add_data_parser(sub) -> None:
     w.add_argument("--val-kind", default=None, choices=("auto", "imagenet", "generic"),
                    help="as declip eval --val-kind")
     w.add_argument("--max-images", type=int, default=None, help="cap, as declip eval --max-images")
+    w.add_argument("--no-progress", action="store_true", help="no progress bar (off anyway when not a terminal)")
     w.set_defaults(func=cmd_to_wds)
+
+    e = dsub.add_parser("example", help="write a small example own-data set (generated shapes): captions.jsonl, "
+                        "labels.jsonl, test_captions.jsonl and images/, as the README's own-data section uses")
+    e.add_argument("dir", help="output folder (created)")
+    e.add_argument("--pairs", type=int, default=500, help="training image-caption pairs (default 500)")
+    e.add_argument("--labelled", type=int, default=200, help="held-out labelled scenes, zero-shot (default 200)")
+    e.add_argument("--captions", type=int, default=100,
+                   help="held-out scenes with 2 captions each, retrieval (default 100)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar (off anyway when not a terminal)")
+    e.set_defaults(func=cmd_example)

@@ -63,6 +63,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                         "and print the curve, e.g. --interpolate 0,0.25,0.5,0.75,1")
     p.add_argument("--from", dest="start", default="", metavar="START",
                    help="the model the checkpoint was fine-tuned from (anything model.init_from accepts)")
+    p.add_argument("--output", default=None, metavar="FILE",
+                   help="also write the JSON metrics to FILE (keys: docs/evaluation.md)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (off anyway when not a terminal)")
     p.add_argument("--write-builtin", default=None, metavar="DIR",
                    help="write the built-in held-out sets as manifests + PNGs to DIR and exit")
     p.add_argument("overrides", nargs="*", metavar="eval.KEY=VALUE",
@@ -141,11 +144,22 @@ def run_eval_command(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     sweep = args.interpolate is not None
-    if args.brief:
-        print("\n".join(f"alpha {a}:\n  " + format_results(r).replace("\n", "\n  ") for a, r in results.items())
-              if sweep else format_results(results))
-    else:  # the flat metrics as JSON, as `declip eval` always printed them (a sweep: {alpha: metrics})
-        print(json.dumps({a: _rounded(r) for a, r in results.items()} if sweep else _rounded(results), indent=1))
+    shown = {a: _rounded(r) for a, r in results.items()} if sweep else _rounded(results)
+    text = json.dumps(shown, indent=1)  # the flat metrics (a WiSE-FT sweep: {alpha: metrics})
+    if args.output:  # the JSON, whatever is printed (keys: docs/evaluation.md)
+        try:
+            with open(args.output, "w", encoding="utf-8") as f:
+                f.write(text + "\n")
+        except OSError as e:
+            print(f"error: --output {args.output}: cannot write ({e.strerror or e}); give a writable file path",
+                  file=sys.stderr)
+            return 1
+    if not args.brief:
+        print(text)
+    elif sweep:  # --brief: one line per set (per alpha for a sweep)
+        print("\n".join(f"alpha {a}:\n  " + format_results(r).replace("\n", "\n  ") for a, r in results.items()))
+    else:
+        print(format_results(results))
     return 0
 
 
@@ -154,57 +168,30 @@ def _rounded(results: dict) -> dict:
 
 
 def _evaluate(args) -> dict:
-    from .config import config_from_dict
-    from .device import resolve_device
-    from .metric_names import BUILTIN_SET
-    from .eval.suite import _has_files, run_evaluation
-    from .errors import CheckpointError
-    from .loading import load_for_eval
+    """The flags as ``eval.*`` values with their sources, then the API's evaluation (one code path with
+    ``declip.evaluate``)."""
+    from .api import evaluate_with
 
-    device = resolve_device(args.device or "auto")
     keyed, keyed_sources = key_value_overrides(args.overrides)
-    try:
-        clip, ckpt_cfg, state = load_for_eval(args.checkpoint, device)
-    except CheckpointError as e:
-        if "token" not in (args.similarity, keyed.get("similarity")):
-            raise
-        raise CheckpointError(f"{e}; eval.similarity=token reads a declip checkpoint (ckpt_*.pt / best.pt of "
-                              "filip or defilip): an exported open_clip model has no dense heads") from e
     over, sources = eval_overrides(args)
     if args.similarity:
         sources["eval.similarity"] = "command line (--similarity)"
-    tree = ckpt_cfg.to_dict()
-    tree["eval"].update({**over, **_runtime(args), **keyed})
-    cfg = config_from_dict(tree, {**sources, **keyed_sources})  # ConfigError names the flag
-    dense = None
-    if cfg.eval.similarity == "token":
-        from .eval.tokenwise import load_dense_heads
-
-        dense = load_dense_heads(state, cfg, args.checkpoint).to(device)
-    idle = [t for t in cfg.eval.tasks if not _has_files(cfg, t) and not cfg.eval.builtin]
-    if idle:
+    if (args.interpolate is None) != (not args.start):
         from .eval.common import EvalDataError
 
-        raise EvalDataError(f"--task {idle[0]} has no data: give its files (zeroshot: --val-manifest/--val-root; "
-                            f"retrieval: --captions/--root; linear-probe: --train-manifest/--test-manifest) or "
-                            f"--builtin for the built-in set ({BUILTIN_SET[idle[0]]}/)")
-    if args.interpolate is None and not args.start:
-        return run_evaluation(clip, cfg, device, dense=dense)
-    return _wise_ft_sweep(args, clip, cfg, device)
+        raise EvalDataError("--interpolate A,B,... and --from START go together (WiSE-FT)")
+    return evaluate_with(args.checkpoint, {**over, **_runtime(args), **keyed}, {**sources, **keyed_sources},
+                         device=args.device or "auto", progress=not args.no_progress, no_data=_no_data,
+                         wise_ft=(args.start, args.interpolate) if args.start else None)
 
 
-def _wise_ft_sweep(args, clip, cfg, device) -> dict[str, dict]:
-    """{alpha: metrics} of each WiSE-FT mix (models/wise_ft.py), the checkpoint's towers mixed with --from."""
-    from .eval.common import EvalDataError
-    from .eval.suite import run_evaluation
-    from .models.wise_ft import Interpolation, parse_alphas
+def _no_data(task: str) -> str:
+    """What ``declip eval`` says of a task that has no set to run on: the flags that give it one."""
+    from .metric_names import BUILTIN_SET
 
-    if not args.start or args.interpolate is None or cfg.eval.similarity == "token":
-        raise EvalDataError("--interpolate A,B,... and --from START go together (WiSE-FT), with global similarity "
-                            "(FILIP's dense heads are not mixed)")
-    alphas = parse_alphas(args.interpolate)
-    mixer = Interpolation(clip, args.start, str(args.checkpoint))
-    return {f"{a:g}": run_evaluation(mixer.apply(a), cfg, device) for a in alphas}
+    return (f"--task {task} has no data: give its files (zeroshot: --val-manifest/--val-root; retrieval: "
+            f"--captions/--root; linear-probe: --train-manifest/--test-manifest) or --builtin for the built-in set "
+            f"({BUILTIN_SET[task]}/)")
 
 
 def format_results(results: dict) -> str:

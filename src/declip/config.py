@@ -74,10 +74,19 @@ class DataConfig:
             value = getattr(self, key)
             check(value == [] or (len(value) == 2 and 0 < value[0] <= value[1] <= 1), f"data.{key}",
                   "[] or [min, max] with 0 < min <= max <= 1")
-        if self.source in ("manifest", "csv", "webdataset"):
-            check(bool(self.path), "data.path", f"data.source={self.source} needs a path")
-        if self.source == "manifest":
-            check(bool(self.root), "data.root", "the manifest's image root is required")
+
+    def required_unset(self) -> list[tuple[str, str]]:
+        """(key, why) of each key this data source needs that is empty. Kept apart from :meth:`validate` so that
+        ``declip config show`` can print a recipe whose data is not set yet (the key shown as unset, with what
+        to set); training refuses to start on the first of them."""
+        out = []
+        what = {"manifest": "the JSON-lines file", "csv": "the CSV file", "webdataset": "the shard pattern"}
+        if self.source in what and not self.path:
+            out.append(("data.path", f"data.source={self.source} needs a path: set data.path=PATH "
+                                     f"({what[self.source]})"))
+        if self.source == "manifest" and not self.root:
+            out.append(("data.root", "the manifest's image root is required: set data.root=DIR (the image folder)"))
+        return out
 
 
 @dataclass
@@ -265,8 +274,10 @@ class Config:
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """YAML file (optional) + ``key=value`` overrides -> a validated :class:`Config`."""
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                allow_unset: bool = False) -> Config:
+    """YAML file (optional) + ``key=value`` overrides -> a validated :class:`Config`. ``allow_unset``: a required
+    key left empty (``data.path`` of a manifest recipe) is no error; ``DataConfig.required_unset`` lists it."""
     tree: dict = {}
     sources: dict[str, str] = {}
     if path is not None:
@@ -284,10 +295,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         set_dotted(tree, key, value)
         sources[key] = f"command line ({item})"
     fill_from_init(tree, sources, user_set)  # model.* from model.init_from's own config, where it has one
-    return config_from_dict(tree, sources)
+    return config_from_dict(tree, sources, allow_unset)
 
 
-def config_from_dict(tree: dict, sources: dict[str, str] | None = None) -> Config:
+def config_from_dict(tree: dict, sources: dict[str, str] | None = None, allow_unset: bool = False) -> Config:
     sources = dict(sources or {})
     tree = copy.deepcopy(tree)
     model = tree.get("model", {})
@@ -309,7 +320,7 @@ def config_from_dict(tree: dict, sources: dict[str, str] | None = None) -> Confi
         sources.update({f"method.{k}": f"default for method.name={name}" for k in unset})
     cfg = build(Config, tree, sources)
     explicit_lr_is_the_peak(cfg, sources)
-    validate(cfg, sources)
+    validate(cfg, sources, allow_unset)
     cfg.origins = sources  # where each value came from (a file, the command line, a preset): logged at start
     return cfg
 
@@ -345,8 +356,9 @@ def from_preset(cfg: Config) -> dict[str, Any]:
     return out
 
 
-def validate(cfg: Config, sources: dict[str, str] | None = None) -> None:
-    """Every section's own checks; the error names the key and where its value came from."""
+def validate(cfg: Config, sources: dict[str, str] | None = None, allow_unset: bool = False) -> None:
+    """Every section's own checks; the error names the key and where its value came from. ``allow_unset``
+    passes required keys that are still empty (see ``DataConfig.required_unset``)."""
     sources = sources or {}
 
     def check(ok: bool, key: str, msg: str) -> None:
@@ -355,6 +367,8 @@ def validate(cfg: Config, sources: dict[str, str] | None = None) -> None:
 
     for section in (cfg.model, cfg.data, cfg.method, cfg.optim, cfg.train, cfg.eval):
         section.validate(check)
+    for key, why in [] if allow_unset else cfg.data.required_unset():
+        check(False, key, why)
     check(not cfg.data.second_view_crop_scale or cfg.method.name not in ("clip", "filip"),
           "data.second_view_crop_scale",
           f"method.name={cfg.method.name} trains on one image view; set data.crop_scale instead")

@@ -9,8 +9,10 @@ transform (resize + centre crop); an unusable image is counted under its skip re
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,31 @@ from ..data.tokenizer import tokenize
 from ..errors import DataError
 
 log = logging.getLogger(__name__)
+
+
+# Whether evaluation draws progress bars: on for ``declip eval`` on a terminal (:func:`show_progress`), off during
+# training (the run's own bar and log lines are what a person watches) and into a pipe or a log file.
+_PROGRESS: contextvars.ContextVar[bool] = contextvars.ContextVar("declip_eval_progress", default=False)
+
+
+@contextlib.contextmanager
+def show_progress(wanted: bool):
+    """Progress bars (tqdm, on stderr) for the evaluation passes run inside, when ``wanted`` and stderr is a
+    terminal, as training draws its own."""
+    token = _PROGRESS.set(bool(wanted) and sys.stderr.isatty())
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def progress(iterable=None, total: int | None = None, desc: str = ""):
+    """A tqdm bar over ``iterable`` that draws only inside :func:`show_progress` on a terminal; cleared when
+    done (the metrics are what stays)."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, disable=not _PROGRESS.get(), dynamic_ncols=True,
+                mininterval=1, file=sys.stderr, leave=False)
 
 
 class EvalDataError(DataError, ValueError):
@@ -180,7 +207,7 @@ def image_features(clip, images: EvalImages, device, batch_size: int = 128, num_
     loader = DataLoader(images, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
     feats, index, skips, examples = [], [], Counter(), []
     with eval_mode(clip):
-        for batch, idx, bad in loader:
+        for batch, idx, bad in progress(loader, desc=what):
             for _, reason, detail in bad:
                 skips[reason] += 1
                 if len(examples) < 3:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..config import Config
 from ..data.views import eval_transform_uint8
-from .common import EvalDataError, EvalImages, check_root, file_images, image_features
+from .common import EvalDataError, EvalImages, check_root, file_images, image_features, progress
 from .zeroshot import read_labelled
 
 
@@ -80,13 +80,17 @@ def select_l2(x: torch.Tensor, y: torch.Tensor, num_classes: int, seed: int = 0)
             scores[e] = _accuracy(model, x[val], y[val])
         return scores[e]
 
+    bar = progress(total=len(COARSE_EXPONENTS) + 4, desc="linear probe: choosing l2")  # the fits, on a terminal
     for e in COARSE_EXPONENTS:
         score(e)
+        bar.update(1)
     best = max(scores, key=lambda e: (scores[e], e))
     for step in (0.5, 0.25):  # a short binary search around the best decade
         for e in (best - step, best + step):
             score(e)
+            bar.update(1)
         best = max(scores, key=lambda e: (scores[e], e))
+    bar.close()
     return 10.0 ** best, scores[best]
 
 

@@ -14,7 +14,7 @@ import logging
 
 from ..config import Config
 from ..metric_names import BUILTIN_SET, default_best_metric
-from .common import EvalDataError
+from .common import EvalDataError, show_progress
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,17 @@ def _has_files(cfg: Config, task: str) -> bool:
                  "linear-probe": ev.probe_train_manifest}[task])
 
 
-def run_evaluation(clip, cfg: Config, device, tasks=None, dense=None) -> dict[str, float]:
+def run_evaluation(clip, cfg: Config, device, tasks=None, dense=None, progress: bool = False) -> dict[str, float]:
     """All configured evaluations of ``clip`` (eval mode, no autograd; the caller's mode is restored).
     ``tasks`` overrides ``eval.tasks``. ``dense``: FILIP's dense heads, read when ``eval.similarity=token``
-    (zero-shot and retrieval score token-wise; the linear probe keeps the global features). Raises
-    :class:`EvalDataError` for unusable inputs."""
+    (zero-shot and retrieval score token-wise; the linear probe keeps the global features). ``progress``:
+    progress bars on a terminal (``declip eval``; off during training). Raises :class:`EvalDataError` for
+    unusable inputs."""
+    with show_progress(progress):
+        return _run(clip, cfg, device, tasks, dense)
+
+
+def _run(clip, cfg: Config, device, tasks, dense) -> dict[str, float]:
     if cfg.eval.similarity == "token":
         from .tokenwise import token_towers
 

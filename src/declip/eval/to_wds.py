@@ -21,7 +21,7 @@ from pathlib import Path
 from ..config import Config
 from ..data.bounded import contained
 from ..data.errors import BadSample
-from .common import EvalDataError, check_root, read_manifest
+from .common import EvalDataError, check_root, progress, read_manifest
 from .wds_layout import wds_image, write_wds
 
 TASKS = {"labelled": "zeroshot_classification", "captions": "zeroshot_retrieval"}
@@ -61,7 +61,7 @@ def labelled_to_wds(cfg: Config, manifest: str, root: str, out: str | Path) -> d
     skips = _Skips(cfg)
 
     def samples():
-        for r in recs:
+        for r in progress(recs, desc="to-wds"):
             image = skips.image(folder, r["filename"], f"{man.path}:{r['_line']}")
             if image is not None:
                 yield (*image, columns[r["label"]] if columns else r["label"])
@@ -82,7 +82,7 @@ def captions_to_wds(cfg: Config, manifest: str, root: str, out: str | Path) -> d
     skips = _Skips(cfg)
 
     def samples():
-        for name, caps in zip(names, captions):
+        for name, caps in progress(zip(names, captions), total=len(names), desc="to-wds"):
             image = skips.image(folder, name, str(man.path))
             if image is not None:
                 yield (*image, caps)

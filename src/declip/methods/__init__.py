@@ -29,5 +29,7 @@ def method_class(name: str) -> type[Method]:
     raise ValueError(f"unknown method {name!r}")
 
 
-def build_method(cfg: Config) -> Method:
-    return method_class(cfg.method.name)(cfg)
+def build_method(cfg: Config, clip=None) -> Method:
+    """The method ``cfg.method.name`` around ``clip`` (open_clip towers), or around towers built from
+    ``cfg.model`` when None."""
+    return method_class(cfg.method.name)(cfg, clip)

@@ -17,10 +17,12 @@ from ..models.towers import build_clip, clamp_logit_scale
 
 
 class Method(nn.Module):
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, clip: nn.Module | None = None):
+        """``clip``: existing open_clip towers to train (``declip.build_method(cfg, model)``, whose config then
+        describes them); None builds them from ``cfg.model``."""
         super().__init__()
         self.cfg = cfg
-        self.clip = build_clip(cfg.model)
+        self.clip = build_clip(cfg.model) if clip is None else clip
         # every image-text term's loss (method.contrastive_loss); a sigmoid loss brings its own scale and bias,
         # so the towers' logit scale takes no part in training (frozen: no optimizer state, no DDP bucket)
         self.contrastive = build_pair_loss(cfg.method.contrastive_loss)

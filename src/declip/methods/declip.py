@@ -28,8 +28,8 @@ from .base import Method
 
 
 class DeCLIP(Method):
-    def __init__(self, cfg: Config):
-        super().__init__(cfg)
+    def __init__(self, cfg: Config, clip=None):
+        super().__init__(cfg, clip)
         m, d = cfg.method, cfg.model.embed_dim
         self.w = {"clip": m.clip_weight, "simsiam": m.simsiam_weight, "mlm": m.mlm_weight, "nn": m.nn_weight}
         if self.w["simsiam"] > 0:

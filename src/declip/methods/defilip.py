@@ -16,8 +16,8 @@ from .filip import DenseTerm
 
 
 class DeFILIP(DeCLIP):
-    def __init__(self, cfg: Config):
-        super().__init__(cfg)
+    def __init__(self, cfg: Config, clip=None):
+        super().__init__(cfg, clip)
         self.w["filip"] = cfg.method.filip_weight
         if self.w["filip"] > 0:
             self.dense = DenseTerm(cfg)

@@ -38,8 +38,8 @@ class DenseTerm(nn.Module):
 
 
 class FILIP(Method):
-    def __init__(self, cfg: Config):
-        super().__init__(cfg)
+    def __init__(self, cfg: Config, clip=None):
+        super().__init__(cfg, clip)
         m = cfg.method
         self.w = {"clip": m.clip_weight, "filip": m.filip_weight}
         if self.w["filip"] > 0:

@@ -24,8 +24,8 @@ from .base import Method
 
 
 class SLIP(Method):
-    def __init__(self, cfg: Config):
-        super().__init__(cfg)
+    def __init__(self, cfg: Config, clip=None):
+        super().__init__(cfg, clip)
         m = cfg.method
         self.w = {"clip": m.clip_weight, "simclr": m.simclr_weight}
         if self.w["simclr"] > 0:
