@@ -23,13 +23,14 @@ log = logging.getLogger("declip")
 
 
 class ConsoleHandler(logging.StreamHandler):
-    """Writes through tqdm, so a log line never breaks a progress bar drawn on the terminal."""
+    """Writes through tqdm, so a log line never breaks a progress bar drawn on the terminal; to the standard
+    output of the moment, not the one at set-up (a notebook or a test may have replaced and closed that one)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             from tqdm import tqdm
 
-            tqdm.write(self.format(record), file=self.stream)
+            tqdm.write(self.format(record), file=sys.stdout)
         except Exception:  # noqa: BLE001  (logging must never raise)
             self.handleError(record)
 
