@@ -7,7 +7,9 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "src" / "declip"
 # A module may import its own layer and any layer with a smaller number, never a larger one.
 LAYERS = {
-    "__init__": 0, "errors": 0, "vocab": 0, "presets": 0, "metric_names": 0, "config_parse": 1,
+    "__init__": 0, "errors": 0, "vocab": 0, "presets": 0, "metric_names": 0,
+    "storage": 0.5,  # object storage (s3://, gs://, http(s)://): a leaf on errors that every data reader uses
+    "config_parse": 1,
     "device": 1.5, "recipes": 1.5,  # they read strings with config_parse's helpers; config uses recipes
     "config_model": 1.75, "config_method": 1.75,  # the model and method sections; config gathers them
     "config": 2, "distributed": 2, "data": 3, "models": 4, "losses": 4, "methods": 5, "train": 6, "eval": 6,
