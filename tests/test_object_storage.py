@@ -29,6 +29,8 @@ from test_data_sources import make_pairs, write_csv, write_manifest, write_shard
 
 @pytest.fixture(scope="module")
 def s3():
+    pytest.importorskip("moto", reason="the dev extra's moto[server] runs the local S3 server")
+    pytest.importorskip("s3fs", reason="s3:// needs s3fs (declip[s3])")
     with LocalS3() as server:
         yield server
 

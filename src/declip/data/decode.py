@@ -85,8 +85,10 @@ def read_image_bytes(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> by
             raise BadSample("not_a_file", f"{path}: not a regular file (a FIFO, socket or device)")
         if st.st_size > max_bytes:
             raise _bytes_too_large(path, st.st_size, max_bytes)
-        try:
-            data = f.read(max_bytes + 1)
+        try:  # read(n) allocates n bytes up front: ask for the file's size (+1 to see it grow), not the cap
+            data = f.read(st.st_size + 1)
+            if len(data) > st.st_size:  # it grew since fstat: the rest, up to the cap
+                data += f.read(max_bytes + 1 - len(data))
         except OSError as e:
             raise BadSample("missing_file", f"{path}: {e.strerror}") from None
     if len(data) > max_bytes:
