@@ -17,6 +17,14 @@ ENV_KEYS = ("AWS_ENDPOINT_URL", "FSSPEC_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "
             "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE")
 
 
+def client_env(endpoint: str) -> dict[str, str]:
+    """The environment that points an S3 client (boto, s3fs, a declip subprocess) at ``endpoint`` with fake
+    credentials and no look-up of real ones."""
+    return dict(AWS_ENDPOINT_URL=endpoint, FSSPEC_S3_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing",
+                AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
+                AWS_SHARED_CREDENTIALS_FILE=os.devnull, AWS_CONFIG_FILE=os.devnull)
+
+
 class _Delayed:
     """WSGI middleware: every request waits ``delay_s`` before moto answers it (the round trip of a far store)."""
 
@@ -49,10 +57,7 @@ class LocalS3:
         self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         self._saved = {k: os.environ.get(k) for k in ENV_KEYS}
-        os.environ.update(AWS_ENDPOINT_URL=self.endpoint, FSSPEC_S3_ENDPOINT_URL=self.endpoint,
-                          AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                          AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
-                          AWS_SHARED_CREDENTIALS_FILE=os.devnull, AWS_CONFIG_FILE=os.devnull)
+        os.environ.update(client_env(self.endpoint))
         from declip import storage
 
         storage.reset()  # a client of an earlier server (or none) must not be reused

@@ -189,8 +189,9 @@ def run_config(tmp, name: str, data: list[str]) -> "Path":
 @pytest.mark.parametrize("form", ["webdataset", "manifest"])
 def test_training_from_s3_equals_disk_and_resumes_bit_exactly(remote, form):
     """Three processes (why it is slow: ~30 s each on a shared 2-core machine): the run on local files; the same
-    run on s3:// URLs, SIGKILLed after its first checkpoint and resumed with --resume latest. Every logged loss and metric (train and eval) and the final checkpoint
-    must be the local run's, bit for bit: S3 changes where the bytes come from, nothing else."""
+    run on s3:// URLs, SIGKILLed after its first checkpoint and resumed with --resume latest. Every logged loss
+    and metric (train and eval) and the final checkpoint must be the local run's, bit for bit: S3 changes where
+    the bytes come from, nothing else."""
     from test_resume_exact import TIMING_KEYS, assert_same_state, finish, kill_after, launch
 
     from declip.train.checkpoint import list_checkpoints, load_checkpoint

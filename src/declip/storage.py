@@ -16,7 +16,8 @@ how connections are reused:
 
 Errors: a missing object is :class:`FileNotFoundError`, a denied request :class:`PermissionError` (both with a
 one-line message; the data layer skips a sample as ``missing_file`` or stops with a :class:`DataError`); what no
-retry fixes (no such bucket, the s3fs/gcsfs extra not installed, an unreachable endpoint) is a :class:`DataError`.
+retry fixes (no such bucket, no credentials, the s3fs/gcsfs extra not installed) is a :class:`DataError`; any
+other failure (a connection that failed after the client's retries) an :class:`OSError` naming the URL.
 A leaf module: it imports only :mod:`declip.errors`, so every layer may use it.
 """
 from __future__ import annotations
@@ -102,12 +103,12 @@ def _fail(e: BaseException, url: str) -> BaseException:
     if isinstance(e, (DataError, FileNotFoundError, PermissionError)) and str(e).startswith(str(url)):
         return e
     text = " ".join(str(e).split())[:200]
-    if isinstance(e, FileNotFoundError) or "404" in text or "NoSuchKey" in text:
+    if isinstance(e, FileNotFoundError) or "NoSuchKey" in text or "NoSuchBucket" in text:
         if "bucket does not exist" in text or "NoSuchBucket" in text:
             return DataError(f"{url}: bucket '{bucket(url)}' does not exist (check the URL, and AWS_ENDPOINT_URL "
                              "for an S3-compatible server)")
         return FileNotFoundError(f"{url}: no such object")
-    if isinstance(e, PermissionError) or "403" in text or "AccessDenied" in text or "Forbidden" in text:
+    if isinstance(e, PermissionError) or "AccessDenied" in text or "Forbidden" in text:
         return PermissionError(f"{url}: access denied ({text}); check the credentials (AWS_PROFILE / "
                                "AWS_ACCESS_KEY_ID, GOOGLE_APPLICATION_CREDENTIALS) and the bucket's policy")
     if "credential" in text.lower():

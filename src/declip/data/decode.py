@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .. import storage
+from ..errors import DataError
 from .errors import BadSample
 
 # Latin letters: ASCII, Latin-1 Supplement (minus the x/÷ signs), Latin Extended-A/B, Latin Extended Additional.
@@ -107,8 +108,8 @@ def _read_remote(url: str, max_bytes: int) -> bytes:
         raise _bytes_too_large(url, e.size, max_bytes) from None
     except (FileNotFoundError, PermissionError) as e:
         raise BadSample("missing_file", str(e)) from None
-    except OSError as e:  # the connection failed after retries: this sample is lost, the run goes on
-        raise BadSample("missing_file", str(e)) from None
+    except (OSError, DataError) as e:  # the connection failed after retries, the bucket went away: this sample
+        raise BadSample("missing_file", str(e)) from None  # is lost and counted; the skip-rate stop names it
     if not data:
         raise BadSample("empty_file", url)
     return data

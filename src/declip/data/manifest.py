@@ -75,7 +75,7 @@ class ManifestSource(FetchThenDecode, ReopenAfterPickle):
             if not 0 <= index < len(self):
                 raise IndexError(f"{self.path}: line {index + 1} of {len(self)}")
             start, end = int(self.starts[index]), int(self.starts[index + 1])
-            raw = self.file.read(max(start - 1, 0), end)
+            raw = self._read(index, max(start - 1, 0), end)
             body = whole_line(raw, start, end, int(self.starts[-1]))
             if body is not None:
                 return body
@@ -83,6 +83,14 @@ class ManifestSource(FetchThenDecode, ReopenAfterPickle):
                 self._open(rebuild=True)
         raise BadSample("bad_line", f"{self.path}:{index + 1}: the file is changing while it is read (its line "
                                     "index does not match it even when rebuilt)")
+
+    def _read(self, index: int, start: int, end: int) -> bytes:
+        if not self.file.remote:
+            return self.file.read(start, end)
+        try:
+            return self.file.read(start, end)
+        except (OSError, DataError) as e:  # removed, denied or unreachable since it was indexed: counted, skipped
+            raise BadSample("missing_file", f"{self.path}:{index + 1}: the line could not be read ({e})") from None
 
     def parse(self, index: int, required: tuple[str, ...] = ("filename", "caption")) -> dict:
         """Line ``index + 1`` as a JSON object holding the ``required`` keys and a non-empty string
