@@ -26,21 +26,39 @@ def client_env(endpoint: str) -> dict[str, str]:
 
 
 class _Delayed:
-    """WSGI middleware: every request waits ``delay_s`` before moto answers it (the round trip of a far store)."""
+    """WSGI middleware: every request waits ``delay_s`` before moto answers it (the round trip of a far store).
+    ``PUT /__declip_delay_ms/N`` sets the delay to N ms (the benchmark compares latencies on one server)."""
+
+    PATH = "/__declip_delay_ms/"
 
     def __init__(self, app, delay_s: float):
         self.app, self.delay_s = app, delay_s
 
     def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path.startswith(self.PATH):
+            self.delay_s = float(path[len(self.PATH):]) / 1000
+            start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+            return [b"ok"]
         time.sleep(self.delay_s)
         return self.app(environ, start_response)
 
 
+def set_delay(endpoint: str, delay_ms: float) -> None:
+    """Change a running :class:`LocalS3`'s per-request delay (it must have been started with a delay wrapper)."""
+    import urllib.request
+
+    req = urllib.request.Request(f"{endpoint}{_Delayed.PATH}{delay_ms:g}", method="PUT")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.read() == b"ok"
+
+
 class LocalS3:
     """``with LocalS3(delay_s=0.02) as s3: s3.upload(folder, "s3://bucket/prefix")``; the environment points at
-    it while open and is restored on close."""
+    it while open and is restored on close. ``delay_s=None``: no delay wrapper (0 keeps one, changeable with
+    :func:`set_delay`)."""
 
-    def __init__(self, delay_s: float = 0.0):
+    def __init__(self, delay_s: float | None = None):
         self.delay_s = delay_s
         self._server = None
         self._saved: dict[str, str | None] = {}
@@ -51,7 +69,7 @@ class LocalS3:
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
         app = DomainDispatcherApplication(create_backend_app)
-        if self.delay_s:
+        if self.delay_s is not None:  # None: no wrapper at all
             app = _Delayed(app, self.delay_s)
         self._server = make_server("127.0.0.1", 0, app, threaded=True)
         self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"

@@ -104,3 +104,16 @@ def test_a_2gb_sparse_file_is_skipped_as_too_large_without_being_read(tmp_path):
     assert seen["check"] == {"too_large": 1} and seen["shard_cmd"] == {"too_large": 1}
     assert result["traced_peak"] < LIMIT, result
     assert result["rss_growth"] < LIMIT, result  # reading 2 GB would need 2 GB
+
+
+def test_the_new_data_keys_are_checked_before_training():
+    import pytest
+
+    from declip.config import load_config
+    from declip.errors import ConfigError
+
+    for item, key in (("data.max_image_bytes=0", "data.max_image_bytes"), ("data.readahead=-1", "data.readahead")):
+        with pytest.raises(ConfigError, match=key) as e:
+            load_config(None, [item])
+        assert "\n" not in str(e.value)
+    assert load_config(None, ["data.readahead=0"]).data.readahead == 0
