@@ -47,7 +47,7 @@ SIZE = 224
 WORDS = "a photo of the old red bridge over river at sunset with trees and people walking dog in park".split()
 
 
-def make_shards(folder: Path, n: int, per_shard: int = 128) -> Path:
+def make_shards(folder: Path, n: int, per_shard: int = 16) -> Path:
     """n generated 320x240 JPEGs (a colour field + shapes + grain; image i depends only on i) in shards."""
     folder.mkdir(parents=True, exist_ok=True)
     for s in range(0, n, per_shard):
@@ -146,7 +146,7 @@ def main() -> None:
     lines = [f"# S3 loader: disk vs a local S3 server with {lat:g} ms per request, by workers and readahead", "",
              f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {os.cpu_count()} CPU cores "
              f"({platform.processor() or platform.machine()}) shared with other work (load average {load:.1f} at "
-             f"the end), torch {torch.__version__}; {args.images} 320x240 JPEGs in shards of 128, one 224 px CLIP "
+             f"the end), torch {torch.__version__}; {args.images} 320x240 JPEGs in shards of 16, one 224 px CLIP "
              f"view + text per sample, batch 32, best of {args.repeats} interleaved repeats of {args.samples} "
              "images; the S3 server (moto) in its own process on the same cores.", "",
              f"Command: `python benchmarks/s3_loader.py --images {args.images} --samples {args.samples} "

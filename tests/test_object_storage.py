@@ -223,3 +223,32 @@ def test_training_from_s3_equals_disk_and_resumes_bit_exactly(remote, form):
     final_run = load_checkpoint(list_checkpoints(tmp / "s3")[-1][1])
     for key in ("model", "optimizer", "data", "rng", "step"):
         assert_same_state(final_ref[key], final_run[key], key)
+
+
+def test_https_urls_read_through_a_plain_http_server(tmp_path):
+    """http(s):// goes through fsspec's HTTP filesystem: a manifest and its images served by Python's own
+    http.server (which ignores Range headers: read_range then cuts the range from the whole body)."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    pairs = make_pairs(tmp_path / "images")
+    write_manifest(tmp_path / "m.jsonl", pairs)
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(tmp_path))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert storage.read_range(f"{url}/m.jsonl", 2, 12) == (tmp_path / "m.jsonl").read_bytes()[2:12]
+        src = ManifestSource(f"{url}/m.jsonl", f"{url}/images", index_dir=str(tmp_path / "index"))
+        local = ManifestSource(tmp_path / "m.jsonl", tmp_path / "images")
+        assert src.remote and [pixels(src.load(i)) for i in range(3)] == [pixels(local.load(i)) for i in range(3)]
+        with pytest.raises(BadSample) as e:
+            ManifestSource(f"{url}/m.jsonl", f"{url}/nowhere").load(0)
+        assert e.value.reason == "missing_file" and e.value.detail.endswith("no such object")
+    finally:
+        server.shutdown()

@@ -23,6 +23,7 @@ A leaf module: it imports only :mod:`declip.errors`, so every layer may use it.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import posixpath
 import threading
@@ -34,7 +35,9 @@ from .errors import DataError
 SCHEMES = ("s3", "gs", "gcs", "http", "https")
 EXTRAS = {"s3": "declip[s3] (s3fs)", "gs": "declip[gcs] (gcsfs)", "gcs": "declip[gcs] (gcsfs)",
           "http": "aiohttp", "https": "aiohttp"}
+log = logging.getLogger(__name__)
 _filesystems: dict[tuple[int, str], object] = {}
+_warned: dict[str, bool] = {}
 _lock = threading.Lock()
 
 
@@ -100,7 +103,7 @@ def bucket(url: str) -> str:
 def _fail(e: BaseException, url: str) -> BaseException:
     """``e`` (raised by fsspec / s3fs / gcsfs / aiohttp) as one of: FileNotFoundError, PermissionError, DataError,
     each with a one-line message naming ``url``. The library's own text is kept short (no response dumps)."""
-    if isinstance(e, (DataError, FileNotFoundError, PermissionError)) and str(e).startswith(str(url)):
+    if isinstance(e, (DataError, FileNotFoundError, PermissionError)) and str(e).startswith(f"{url}: "):
         return e
     text = " ".join(str(e).split())[:200]
     if isinstance(e, FileNotFoundError) or "NoSuchKey" in text or "NoSuchBucket" in text:
@@ -153,9 +156,17 @@ def identity_key(ident: str) -> int:
 
 
 def read_range(url: str, start: int, end: int) -> bytes:
-    """Bytes ``[start, end)`` of ``url`` with one ranged GET."""
+    """Bytes ``[start, end)`` of ``url`` with one ranged GET. An http(s) server that ignores the Range header
+    sends the whole object: the range is then cut from it (correct, but warned about once: every read downloads
+    the whole object)."""
     fs = filesystem(url)
-    return _call(url, fs.cat_file, url, start=start, end=end)
+    data = _call(url, fs.cat_file, url, start=start, end=end)
+    if len(data) > end - start:
+        if not _warned.get("range"):
+            _warned["range"] = True
+            log.warning("%s: the server ignores Range requests; each read downloads the whole object", url)
+        data = data[start:end]
+    return data
 
 
 def read_object(url: str, max_bytes: int | None = None) -> bytes:
