@@ -33,18 +33,18 @@ def whole_line(raw: bytes, start: int, end: int, size: int) -> bytes | None:
     """The line in ``raw`` (bytes ``[start - 1, end)`` of the file, or ``[0, end)`` when ``start`` is 0) if those
     bytes are exactly one line: a newline (or the file's start) before it, none inside, a newline (or the file's
     end) after. None when the index that gave ``start`` and ``end`` no longer matches the file."""
-    body = raw[1:] if start else raw
+    skip = 1 if start else 0
     if start and raw[:1] != b"\n":
         return None
-    if b"\n" in body[:-1] or not (body.endswith(b"\n") or end == size):
+    if raw.find(b"\n", skip, len(raw) - 1) != -1 or not (raw.endswith(b"\n") or end == size):
         return None
-    return body
+    return raw[skip:] if skip else raw
 
 
 class ManifestSource(FetchThenDecode, ReopenAfterPickle):
     """Map-style source over a JSON-lines manifest: ``len()``, ``load(i) -> (RGB image, caption)``."""
 
-    _transient = ("starts", "file")
+    _transient = ("starts", "file", "size")
 
     def __init__(self, path: str | Path, root: str | Path, image_size: int | None = None,
                  index_dir: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -60,6 +60,7 @@ class ManifestSource(FetchThenDecode, ReopenAfterPickle):
 
     def _open(self, rebuild: bool = False) -> None:
         self.starts, _ = load_or_build(self.path, "lines", lambda p: (scan_lines(p), 0), self.index_dir, rebuild)
+        self.size = int(self.starts[-1])  # the file's size when indexed (the end of the last line)
         self.file = RecordFile(self.path)
 
     def __len__(self) -> int:
@@ -71,16 +72,20 @@ class ManifestSource(FetchThenDecode, ReopenAfterPickle):
     def line(self, index: int) -> bytes:
         """Line ``index + 1``'s bytes (with its newline), read with one pread (one ranged GET for a URL) that
         takes the byte before it too, to check it is a whole line (:func:`whole_line`)."""
-        for attempt in range(2):
-            if not 0 <= index < len(self):
-                raise IndexError(f"{self.path}: line {index + 1} of {len(self)}")
+        if not 0 <= index < len(self):
+            raise IndexError(f"{self.path}: line {index + 1} of {len(self)}")
+        start, end = int(self.starts[index]), int(self.starts[index + 1])
+        body = whole_line(self._read(index, max(start - 1, 0), end), start, end, self.size)
+        return body if body is not None else self._reindexed_line(index)
+
+    def _reindexed_line(self, index: int) -> bytes:
+        """The file changed since it was indexed, unseen by the index's key: index it again and read the line."""
+        self._open(rebuild=True)
+        if 0 <= index < len(self):
             start, end = int(self.starts[index]), int(self.starts[index + 1])
-            raw = self._read(index, max(start - 1, 0), end)
-            body = whole_line(raw, start, end, int(self.starts[-1]))
+            body = whole_line(self._read(index, max(start - 1, 0), end), start, end, self.size)
             if body is not None:
                 return body
-            if attempt == 0:  # the file changed since it was indexed, unseen by the index's key: index it again
-                self._open(rebuild=True)
         raise BadSample("bad_line", f"{self.path}:{index + 1}: the file is changing while it is read (its line "
                                     "index does not match it even when rebuilt)")
 
