@@ -207,13 +207,13 @@ def test_stalled_worker_with_a_pending_signal_saves_then_stops(tiny_cfg, monkeyp
 
 STALL_SCRIPT = """
 import os, sys, threading
-import declip.data.decode as decode
+import declip.data.decode as decode, declip.data.manifest as manifest
 read = decode.read_image_bytes
-def stalled(path):  # a hung mount: once the flag exists, every read blocks forever
+def stalled(path, *args):  # a hung mount: once the flag exists, every read blocks forever
     if os.path.exists(sys.argv[1]):
         threading.Event().wait()
-    return read(path)
-decode.read_image_bytes = stalled
+    return read(path, *args)
+decode.read_image_bytes = manifest.read_image_bytes = stalled  # the source's fetch reads through its own name
 from declip.cli import main
 sys.exit(main(sys.argv[2:]))
 """

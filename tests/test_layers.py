@@ -9,6 +9,7 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "declip"
 # A module may import its own layer and any layer with a smaller number, never a larger one.
 LAYERS = {
     "version": 0, "errors": 0, "vocab": 0, "presets": 0, "metric_names": 0, "checkpoint_file": 0.5,
+    "storage": 0.5,  # object storage (s3://, gs://, http(s)://): a leaf on errors that every data reader uses
     "config_parse": 1, "model_ref": 1.5,  # reading a checkpoint / resolving a model reference: config reads both
     "device": 1.5, "recipes": 1.5,  # they read strings with config_parse's helpers; config uses recipes
     "docs_pages": 1.5,

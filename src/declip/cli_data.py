@@ -12,14 +12,14 @@ from .errors import DataError, os_error_text
 def cmd_check(args) -> int:
     from .data.tools import check_manifest
 
-    if args.timeout <= 0 or args.max_image_pixels <= 0:
-        print("error: --timeout and --max-image-pixels must be > 0", file=sys.stderr)
+    if args.timeout <= 0 or args.max_image_pixels <= 0 or args.max_image_bytes <= 0:
+        print("error: --timeout, --max-image-pixels and --max-image-bytes must be > 0", file=sys.stderr)
         return 2
     try:
         report = check_manifest(args.manifest, args.root, args.threads, args.examples, args.image_size,
                                 progress=not args.no_progress, timeout_s=args.timeout,
                                 max_pixels=args.max_image_pixels, allow_outside_root=args.allow_outside_root,
-                                classnames=args.classnames)
+                                classnames=args.classnames, max_bytes=args.max_image_bytes)
     except (OSError, DataError) as e:  # no manifest to check (missing, a folder, empty): 2, not 1
         print(f"error: {os_error_text(e) if isinstance(e, OSError) else e}", file=sys.stderr)
         return 2
@@ -31,7 +31,8 @@ def cmd_shard(args) -> int:
 
     try:
         stats = shard_manifest(args.manifest, args.root, args.out, args.max_side, args.shard_size,
-                               args.threads, args.quality, progress=not args.no_progress)
+                               args.threads, args.quality, progress=not args.no_progress,
+                               max_bytes=args.max_image_bytes)
     except (OSError, DataError) as e:
         print(f"error: {os_error_text(e) if isinstance(e, OSError) else e}", file=sys.stderr)
         return 2
@@ -97,9 +98,12 @@ def add_data_parser(sub) -> None:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("manifest", help="JSON-lines manifest: captions (filename, caption) or, for check, "
                        "labelled (filename, label, label_name)")
-        p.add_argument("--root", required=True, help="folder the manifest's filenames are relative to")
+        p.add_argument("--root", required=True, help="folder the manifest's filenames are relative to (a URL "
+                       "such as s3://bucket/images works too)")
         p.add_argument("--threads", type=int, default=8, help="decoding threads (default 8)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar (off anyway when not a terminal)")
+        p.add_argument("--max-image-bytes", type=int, default=64 * 2**20,
+                       help="larger image files count as too_large, unread (data.max_image_bytes; default 64 MiB)")
 
     c = dsub.add_parser("check", help="validate every line of a caption or labelled manifest (the kind is "
                         "told from the file); exit status 1 if any is unusable")

@@ -61,11 +61,19 @@ class DataConfig:
     allow_outside_root: bool = False
     # Larger images are skipped as too_large from the header, before decoding (64 Mpx = 8000 x 8000).
     max_image_pixels: int = 64_000_000
+    # Larger image files (local files, remote objects, shard samples) are skipped as too_large from their size,
+    # before any byte is read (64 MiB); see declip.data.decode.DEFAULT_MAX_BYTES.
+    max_image_bytes: int = 64 * 2**20
+    # Remote data (s3:// gs:// http(s)://): each loader worker fetches this many samples ahead on threads while it
+    # decodes, hiding the object store's latency (0 = one request at a time). Local data is read in place.
+    readahead: int = 8
 
     def validate(self, check: Check) -> None:
         check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
         check(self.sample_timeout_s > 0, "data.sample_timeout_s", "must be > 0 (seconds)")
         check(self.max_image_pixels > 0, "data.max_image_pixels", "must be > 0 (e.g. 64000000 = 8000 x 8000)")
+        check(self.max_image_bytes > 0, "data.max_image_bytes", "must be > 0 (bytes; e.g. 67108864 = 64 MiB)")
+        check(0 <= self.readahead <= 256, "data.readahead", "must be in [0, 256] (samples per loader worker)")
         check(0.0 <= self.max_skip_rate <= 1.0, "data.max_skip_rate", "must be in [0, 1]")
         check(len(self.csv_separator) == 1 or self.csv_separator == "\\t", "data.csv_separator",
               "must be one character (a tab, ',', ...; the two characters \\t also mean a tab)")

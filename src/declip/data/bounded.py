@@ -18,11 +18,13 @@ with O_NONBLOCK and skips anything that is not a regular file as ``not_a_file``.
 from __future__ import annotations
 
 import os
+import posixpath
 import queue
 import threading
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from .. import storage
 from .errors import BadSample, DataStallError
 
 T = TypeVar("T")
@@ -113,18 +115,23 @@ def filename_problem(name) -> str | None:
     return None
 
 
-def contained(root: Path, filename: str, allow_outside: bool, where: str) -> Path:
-    """``root / filename``, or :class:`BadSample` ``outside_root`` for an absolute filename or one whose ``..``
-    climb out of ``root`` (a shared manifest must not make a job read any file the job can read).
+def contained(root, filename: str, allow_outside: bool, where: str):
+    """``root / filename`` (a URL string under a remote root such as ``s3://bucket/prefix``), or
+    :class:`BadSample` ``outside_root`` for an absolute filename (or a URL) or one whose ``..`` climb out of
+    ``root`` (a shared manifest must not make a job read any file the job can read).
 
     The check is on the text of the name (no file system call, so no cost per sample): a symbolic link inside
     the root that points elsewhere is followed, as data sets built from links need. ``allow_outside`` (the
-    ``data.allow_outside_root`` key) takes the name as it is, for manifests that really hold absolute paths.
+    ``data.allow_outside_root`` key) takes the name as it is, for manifests that really hold absolute paths
+    (or whole URLs).
     """
+    remote = storage.is_remote(root)
+    if allow_outside and storage.is_remote(filename):
+        return filename
     if not allow_outside:
-        norm = os.path.normpath(filename)
-        if os.path.isabs(filename) or norm == ".." or norm.startswith(".." + os.sep):
+        sep, norm = (posixpath.sep, posixpath.normpath(filename)) if remote else (os.sep, os.path.normpath(filename))
+        if os.path.isabs(filename) or storage.is_remote(filename) or norm == ".." or norm.startswith(".." + sep):
             raise BadSample("outside_root", f"{where}: {filename!r} is outside the root {root} (absolute or "
                             "'..'); if the manifest means it, set data.allow_outside_root=true (data check: "
                             "--allow-outside-root)")
-    return root / filename
+    return storage.join(root, filename) if remote else Path(root) / filename

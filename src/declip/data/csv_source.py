@@ -7,6 +7,8 @@ never loaded whole: one csv-aware pass records where each row starts (quoted cap
 offsets are cached (:mod:`declip.data.offsets`) and ``load(i)`` parses row ``i`` alone.
 
 Index order: sample ``i`` is data row ``i + 1`` (the header is row 0), in file order.
+
+The file, ``data.root`` and the image paths may be URLs (:mod:`declip.storage`), as for the manifest.
 """
 from __future__ import annotations
 
@@ -17,12 +19,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .. import storage
 from .bounded import contained, filename_problem
-from .decode import DEFAULT_MAX_PIXELS, check_caption, load_image
-from .offsets import RecordFile, load_or_build
+from .decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, check_caption, decode_image, read_image_bytes
+from .offsets import RecordFile, load_or_build, open_data
 from ..errors import DataError
 from .errors import BadSample, require_file
-from .source_base import ReopenAfterPickle
+from .source_base import FetchThenDecode, ReopenAfterPickle
 
 MULTILINE = 1  # index flag: some quoted field spans lines, so row numbers are not line numbers
 _BLOCK = 1 << 16
@@ -52,7 +55,7 @@ def scan_csv(path: Path, sep: str):
     info = {"lines": 0, "records": 0}
 
     def chunks():
-        with open(path, "rb") as f:
+        with open_data(path) as f:
             lines = _Lines(f)
             reader = csv.reader(lines, delimiter=sep)
             block = [0]
@@ -68,7 +71,7 @@ def scan_csv(path: Path, sep: str):
     return chunks(), lambda: MULTILINE if info["lines"] != info["records"] else 0
 
 
-class CsvSource(ReopenAfterPickle):
+class CsvSource(FetchThenDecode, ReopenAfterPickle):
     """Map-style source over a CSV/TSV: ``len()``, ``load(i) -> (RGB image, caption)``."""
 
     _transient = ("starts", "file")
@@ -76,8 +79,10 @@ class CsvSource(ReopenAfterPickle):
     def __init__(self, path: str | Path, root: str | Path = "", image_key: str = "filepath",
                  caption_key: str = "title", separator: str = "\t", image_size: int | None = None,
                  index_dir: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 allow_outside_root: bool = False):
-        self.path, self.root = Path(path), Path(root) if root else None
+                 allow_outside_root: bool = False, max_bytes: int = DEFAULT_MAX_BYTES):
+        self.path, self.root = storage.location(path), storage.location(root) if root else None
+        self.max_bytes = max_bytes
+        self.remote = storage.is_remote(path) or storage.is_remote(root)
         self.image_key, self.caption_key, self.sep = image_key, caption_key, separator
         self.image_size, self.index_dir = image_size, index_dir
         self.max_pixels, self.allow_outside_root = max_pixels, allow_outside_root
@@ -103,7 +108,7 @@ class CsvSource(ReopenAfterPickle):
         return max(0, len(self.starts) - 2)
 
     def key(self, index: int, full: bool = False) -> str:
-        name = str(self.path) if full else self.path.name
+        name = str(self.path) if full else storage.basename(self.path)
         if self.flags & MULTILINE:
             return f"{name}: row {index + 1}"
         return f"{name}:{index + 2}"  # line number: the header is line 1
@@ -117,7 +122,8 @@ class CsvSource(ReopenAfterPickle):
             raise BadSample("bad_line", f"{self.key(index, full=True)}: not UTF-8 ({e.reason})") from None
         return next(csv.reader(io.StringIO(text), delimiter=self.sep), [])
 
-    def load(self, index: int) -> tuple[Image.Image, str]:
+    def fetch(self, index: int) -> tuple[str, str, bytes]:
+        """The I/O of sample ``index``: (caption, image name, image bytes), within ``data.max_image_bytes``."""
         if not 0 <= index < len(self):
             raise IndexError(f"{self.path}: row {index + 1} of {len(self)}")
         where = self.key(index, full=True)
@@ -131,5 +137,9 @@ class CsvSource(ReopenAfterPickle):
         if why:
             raise BadSample("bad_line", f"{where}: {self.image_key!r} {why}")
         # without data.root the paths are used as written (open_clip's CSVs): there is no root to stay in
-        path = contained(self.root, name, self.allow_outside_root, where) if self.root else Path(name)
-        return load_image(path, self.image_size, self.max_pixels), caption
+        path = contained(self.root, name, self.allow_outside_root, where) if self.root else storage.location(name)
+        return caption, str(path), read_image_bytes(path, self.max_bytes)
+
+    def decode(self, index: int, fetched: tuple[str, str, bytes]) -> tuple[Image.Image, str]:
+        caption, name, data = fetched
+        return decode_image(data, name, self.image_size, max_pixels=self.max_pixels), caption

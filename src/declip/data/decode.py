@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .. import storage
+from ..errors import DataError
 from .errors import BadSample
 
 # Latin letters: ASCII, Latin-1 Supplement (minus the x/÷ signs), Latin Extended-A/B, Latin Extended Additional.
@@ -28,6 +30,10 @@ _TRANSPARENT_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 # limit (Image.MAX_IMAGE_PIXELS) is set to the same value by decode_image: its warning (above the limit) and
 # error (above twice it) then agree with ours instead of firing at PIL's unrelated default of ~89 Mpx.
 DEFAULT_MAX_PIXELS = 64_000_000
+# data.max_image_bytes' default: 64 MiB. An image file (or remote object, or shard member) larger than this is
+# skipped as too_large from its size (fstat, the object's HEAD, the tar header) before any of it is read, so a
+# stray 2 GB file costs no memory. Web images are rarely over a few MB; an 8000 x 8000 JPEG is about 20-40 MB.
+DEFAULT_MAX_BYTES = 64 * 2**20
 
 
 def check_caption(caption, where: str = "") -> str:
@@ -48,13 +54,22 @@ def check_caption(caption, where: str = "") -> str:
     return text
 
 
-def read_image_bytes(path: str | Path) -> bytes:
-    """File contents, with a missing, empty or non-regular file mapped to its skip reason.
+def _bytes_too_large(name, size: int, max_bytes: int) -> BadSample:
+    return BadSample("too_large", f"{name}: {size / 2**20:.1f} MiB > data.max_image_bytes={max_bytes} "
+                                  f"({max_bytes / 2**20:g} MiB)")
+
+
+def read_image_bytes(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """File contents, with a missing, empty, non-regular or too large file mapped to its skip reason.
 
     Opened with O_NONBLOCK and checked to be a regular file before any read: a FIFO (or a device) in place of
     an image would otherwise block the read forever; O_NONBLOCK makes opening a FIFO return at once, and it
-    changes nothing for a regular file's reads.
+    changes nothing for a regular file's reads. A file over ``max_bytes`` is refused from its size before any
+    read, and at most ``max_bytes + 1`` bytes are ever read (a file growing while read is refused too).
+    A remote URL (``s3://``, ...) is read through :mod:`declip.storage` with the same reasons.
     """
+    if storage.is_remote(path):
+        return _read_remote(str(path), max_bytes)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
@@ -64,17 +79,39 @@ def read_image_bytes(path: str | Path) -> bytes:
     except OSError as e:  # ENXIO: a socket; anything else that is there but cannot be opened as a file
         raise BadSample("not_a_file", f"{path}: {e.strerror}") from None
     with open(fd, "rb", closefd=True) as f:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
             raise BadSample("missing_file", f"{path}: a folder")
-        if not stat.S_ISREG(mode):
+        if not stat.S_ISREG(st.st_mode):
             raise BadSample("not_a_file", f"{path}: not a regular file (a FIFO, socket or device)")
-        try:
-            data = f.read()
+        if st.st_size > max_bytes:
+            raise _bytes_too_large(path, st.st_size, max_bytes)
+        try:  # read(n) allocates n bytes up front: ask for the file's size (+1 to see it grow), not the cap
+            data = f.read(st.st_size + 1)
+            if len(data) > st.st_size:  # it grew since fstat: the rest, up to the cap
+                data += f.read(max_bytes + 1 - len(data))
         except OSError as e:
             raise BadSample("missing_file", f"{path}: {e.strerror}") from None
+    if len(data) > max_bytes:
+        raise _bytes_too_large(path, len(data), max_bytes)
     if not data:
         raise BadSample("empty_file", str(path))
+    return data
+
+
+def _read_remote(url: str, max_bytes: int) -> bytes:
+    """An object's bytes: its size from a HEAD first (over ``max_bytes``: too_large, nothing fetched), then one
+    GET. A missing or denied object is ``missing_file`` (the detail says which)."""
+    try:
+        data = storage.read_object(url, max_bytes)
+    except storage.ObjectTooLarge as e:
+        raise _bytes_too_large(url, e.size, max_bytes) from None
+    except (FileNotFoundError, PermissionError) as e:
+        raise BadSample("missing_file", str(e)) from None
+    except (OSError, DataError) as e:  # the connection failed after retries, the bucket went away: this sample
+        raise BadSample("missing_file", str(e)) from None  # is lost and counted; the skip-rate stop names it
+    if not data:
+        raise BadSample("empty_file", url)
     return data
 
 
@@ -146,5 +183,6 @@ def decode_image(data: bytes, name: str = "", target: int | None = None,
         raise BadSample("corrupt_image", f"{name}: {e}") from None
 
 
-def load_image(path: str | Path, target: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    return decode_image(read_image_bytes(path), str(path), target, max_pixels=max_pixels)
+def load_image(path: str | Path, target: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_bytes: int = DEFAULT_MAX_BYTES) -> Image.Image:
+    return decode_image(read_image_bytes(path, max_bytes), str(path), target, max_pixels=max_pixels)

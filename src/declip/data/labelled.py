@@ -19,7 +19,8 @@ from collections import Counter
 from pathlib import Path
 from typing import TextIO
 
-from .decode import DEFAULT_MAX_PIXELS
+from .. import storage
+from .decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from .errors import SKIP_REASONS, BadSample
 from .scan import CHECK_WORDING, Problems, at_line, ordered
 
@@ -31,7 +32,7 @@ LABEL_REASONS = ("label_name_conflict", "unnamed_label")
 def manifest_kind(path: str | Path, probe_lines: int = 100) -> str:
     """``labelled`` when the first JSON-object line among the first ``probe_lines`` has a ``label`` and no
     ``caption``; else ``captions`` (a broken caption file is then checked as one and its lines named)."""
-    with open(path, "rb") as f:
+    with (storage.open_file(str(path)) if storage.is_remote(path) else open(path, "rb")) as f:
         for _, raw in zip(range(probe_lines), f):
             try:
                 rec = json.loads(raw)
@@ -57,7 +58,7 @@ def read_class_names(path: str | Path) -> list[str]:
 def check_labelled(path: str, root: str, threads: int = 8, max_examples: int = 5, image_size: int = 224,
                    progress: bool = True, out: TextIO | None = None, classnames: str | None = None,
                    timeout_s: float = 60.0, max_pixels: int = DEFAULT_MAX_PIXELS,
-                   allow_outside_root: bool = False) -> dict:
+                   allow_outside_root: bool = False, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
     """Check a labelled manifest line by line (JSON, label, image) and as a whole (one name per label, every
     label named); print a report with the class count and return it as a dict (``problems`` by reason).
     Images are read as training reads them: inside the root, within the size limit and the timeout."""
@@ -67,7 +68,8 @@ def check_labelled(path: str, root: str, threads: int = 8, max_examples: int = 5
 
     out = out or sys.stdout
     t0 = time.perf_counter()
-    src = ManifestSource(path, root, image_size, max_pixels=max_pixels, allow_outside_root=allow_outside_root)
+    src = ManifestSource(path, root, image_size, max_pixels=max_pixels, allow_outside_root=allow_outside_root,
+                         max_bytes=max_bytes)
     names = read_class_names(classnames) if classnames else None
 
     def one(i: int):
@@ -79,8 +81,8 @@ def check_labelled(path: str, root: str, threads: int = 8, max_examples: int = 5
             if why:
                 raise BadSample("bad_line", why)
             image = src.image_path(rec, i)
-            call_bounded(lambda: load_image(image, image_size, max_pixels), timeout_s, f"{src.path}:{i + 1}",
-                         **CHECK_WORDING)
+            call_bounded(lambda: load_image(image, image_size, max_pixels, max_bytes), timeout_s,
+                         f"{src.path}:{i + 1}", **CHECK_WORDING)
             return None, (rec["label"], rec.get("label_name"))
         except BadSample as e:
             return (e.reason, at_line(src, i, e.detail)), None

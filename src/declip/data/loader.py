@@ -13,7 +13,9 @@ uninterrupted run would have seen; the stream position is just the number of sam
 from __future__ import annotations
 
 import functools
+import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import torch
@@ -89,12 +91,15 @@ class PairDataset(Dataset):
     ``skips``. ``views`` replaces the image stage: a callable PIL image -> dict of tensors, or -> a tensor of
     finished views (the reference CPU pipeline, :func:`declip.data.views.build_reference_views`).
     ``sample_timeout_s``: a sample not loaded (read + decoded) in this time is skipped as ``timeout``
-    (:func:`declip.data.bounded.call_bounded`)."""
+    (:func:`declip.data.bounded.call_bounded`). ``readahead``: for a remote source (``source.remote``), how many
+    samples of a batch each worker fetches ahead on threads (:meth:`__getitems__`) while it decodes."""
 
     def __init__(self, source: Source, spec: DataSpec, image_size: int, seed: int = 0, views=None,
-                 sample_timeout_s: float = 60.0):
+                 sample_timeout_s: float = 60.0, readahead: int = 0):
         self.source, self.spec, self.seed = source, spec, seed
         self.sample_timeout_s = sample_timeout_s
+        self.readahead = readahead if getattr(source, "remote", False) and hasattr(source, "fetch") else 0
+        self._pool: tuple[int, ThreadPoolExecutor] | None = None
         self.views = views if views is not None else build_train_views(
             spec.augment, image_size, spec.n_views, spec.crop_scale, spec.second_view_crop_scale,
             spec.crop_interpolation)
@@ -103,7 +108,53 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
+    def __getstate__(self):
+        return {**self.__dict__, "_pool": None}  # threads stay in the process that started them
+
+    def _fetch(self, index: int):
+        """``source.fetch(index)`` within the sample timeout, as ("ok", bytes...) or ("bad", BadSample)."""
+        try:
+            return "ok", call_bounded(functools.partial(self.source.fetch, index), self.sample_timeout_s,
+                                      functools.partial(self._position, index))
+        except BadSample as e:
+            return "bad", e
+
+    def __getitems__(self, items: list):
+        """A batch's samples (torch's fetcher calls this in place of ``__getitem__`` per item). With readahead,
+        the fetches of the next ``readahead`` samples run on this process's threads while each sample decodes,
+        in order, on the calling thread: the same samples as one at a time (what is fetched depends only on
+        the index), with the store's latency paid about once per ``readahead`` samples instead of per sample.
+        Substitutes for unusable samples are fetched in place, as without readahead."""
+        if not self.readahead:
+            return [self[item] for item in items]
+        if self._pool is None or self._pool[0] != os.getpid():  # a forked worker starts its own threads
+            self._pool = (os.getpid(), ThreadPoolExecutor(self.readahead, thread_name_prefix="declip-readahead"))
+        pool = self._pool[1]
+        index = [item[1] if isinstance(item, tuple) else item for item in items]
+        futures = [pool.submit(self._fetch, j) for j in index[: self.readahead]]
+        out = []
+        for k, item in enumerate(items):
+            if k + self.readahead < len(items):
+                futures.append(pool.submit(self._fetch, index[k + self.readahead]))
+            out.append(self._sample(item, futures[k].result()))
+            futures[k] = None
+        return out
+
     def __getitem__(self, item):
+        return self._sample(item)
+
+    def _first(self, j: int, first):
+        """Sample ``j``'s (image, caption): decoded from ``first`` (a readahead's fetch result) when given."""
+        if first is None:
+            return call_bounded(functools.partial(self.source.load, j), self.sample_timeout_s,
+                                functools.partial(self._position, j))
+        status, value = first
+        if status == "bad":
+            raise value
+        return call_bounded(functools.partial(self.source.decode, j, value), self.sample_timeout_s,
+                            functools.partial(self._position, j))
+
+    def _sample(self, item, first=None):
         epoch, index = item if isinstance(item, tuple) else (0, item)
         seed = sample_seed(self.seed, epoch, index)
         skips = torch.zeros(len(SKIP_REASONS), dtype=torch.long)
@@ -112,8 +163,7 @@ class PairDataset(Dataset):
         for attempt in range(MAX_ATTEMPTS):
             j = index if attempt == 0 else random.Random(seed + attempt).randrange(n)
             try:
-                image, caption = call_bounded(functools.partial(self.source.load, j), self.sample_timeout_s,
-                                              functools.partial(self._position, j))
+                image, caption = self._first(j, first if attempt == 0 else None)
             except BadSample as e:
                 skips[SKIP_REASONS.index(e.reason)] += 1
                 if len(examples) < MAX_EXAMPLES:

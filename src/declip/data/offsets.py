@@ -4,9 +4,16 @@ A file-backed source keeps one int64 array ``starts`` with ``len = records + 1``
 ``[starts[i], starts[i + 1])``, read with one ``pread``. The array is built in a single pass and cached as
 ``<file>.<kind>.idx.npy`` beside the file, or, where that folder is read-only, in ``index_dir`` /
 ``$DECLIP_INDEX_DIR`` / ``~/.cache/declip/index`` / the temp dir. The cache is memory-mapped, so forked data
-workers share its pages, and it is rebuilt whenever the file's size or mtime changes.
+workers share its pages.
 
-Cache layout: ``[MAGIC, file size, file mtime_ns, flags, starts...]`` in one .npy array of int64.
+What a cache is keyed on: the file's size, mtime and a digest of its content (:func:`content_key`: all of a file
+up to 4 MiB, else its head, tail and 62 blocks spread over it, 4 MiB read in all), so a same-size edit with the
+mtime put back is still seen (issue 38.4). An edit the sampled blocks miss can only matter where it moves a
+record boundary, and the manifest reader checks the boundaries of every line it reads (:mod:`declip.data.manifest`).
+A remote object (``s3://``, ``gs://``, ``http(s)://``) is keyed on its identity instead (ETag, else size and
+modification time; :func:`declip.storage.identity`), and its index lives in the local cache folders only.
+
+Cache layout: ``[MAGIC, size, mtime_ns, content key, flags, starts...]`` in one .npy array of int64.
 """
 from __future__ import annotations
 
@@ -22,9 +29,14 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-MAGIC = 0x4445434C49500001  # "DECLIP" + format version 1
-HEADER = 4
+from .. import storage
+
+MAGIC = 0x4445434C49500002  # "DECLIP" + format version 2 (version 1 had no content key: such caches are rebuilt)
+HEADER = 5
 CHUNK = 1 << 23  # 8 MiB of the file per read while scanning
+WHOLE = 1 << 22  # files up to 4 MiB are hashed whole
+BLOCK = 1 << 16  # else 64 blocks of 64 KiB: the first, the last and 62 spread evenly between them
+BLOCKS = 64
 
 
 def _cache_dirs(index_dir: str | None) -> list[Path]:
@@ -35,21 +47,43 @@ def _cache_dirs(index_dir: str | None) -> list[Path]:
     return dirs
 
 
-def cache_candidates(path: Path, kind: str, index_dir: str | None = None) -> list[Path]:
-    """Where the index of ``path`` may live, in the order they are tried."""
-    path = path.resolve()
+def cache_candidates(path, kind: str, index_dir: str | None = None) -> list[Path]:
+    """Where the index of ``path`` may live, in the order they are tried (a remote object's: the local ones)."""
+    if storage.is_remote(path):
+        tag = hashlib.sha1(str(path).encode()).hexdigest()[:16]
+        return [d / f"{tag}-{storage.basename(path)}.{kind}.idx.npy" for d in _cache_dirs(index_dir)]
+    path = Path(path).resolve()
     beside = path.with_name(f"{path.name}.{kind}.idx.npy")
     tag = hashlib.sha1(str(path).encode()).hexdigest()[:16]
     away = [d / f"{tag}-{path.name}.{kind}.idx.npy" for d in _cache_dirs(index_dir)]
     return away[:1] + [beside] + away[1:] if index_dir else [beside] + away
 
 
-def _stamp(path: Path) -> tuple[int, int]:
+def content_key(path: Path, size: int) -> int:
+    """A signed 64-bit digest of ``path``'s content: all of it up to :data:`WHOLE` bytes, else :data:`BLOCKS`
+    blocks of :data:`BLOCK` bytes at evenly spread offsets (the head and the tail among them). About 4 MiB read
+    at most, so a 3.3 GB manifest costs 64 preads to open, not a full read (benchmarks/manifest_memory.py)."""
+    h = hashlib.blake2b(digest_size=8)
+    with open(path, "rb") as f:
+        if size <= WHOLE:
+            h.update(f.read())
+        else:
+            fd = f.fileno()
+            for k in range(BLOCKS):
+                h.update(os.pread(fd, BLOCK, (size - BLOCK) * k // (BLOCKS - 1)))
+    return int.from_bytes(h.digest(), "little", signed=True)
+
+
+def _stamp(path) -> tuple[int, int, int]:
+    """(size, mtime_ns, content key) of a local file; (size, 0, identity key) of a remote object."""
+    if storage.is_remote(path):
+        meta = storage.info(str(path))
+        return int(meta["size"]), 0, storage.identity_key(storage.identity(str(path), meta))
     st = path.stat()
-    return st.st_size, st.st_mtime_ns
+    return st.st_size, st.st_mtime_ns, content_key(path, st.st_size)
 
 
-def _load(cache: Path, stamp: tuple[int, int]) -> tuple[np.ndarray, int] | None:
+def _load(cache: Path, stamp: tuple[int, int, int]) -> tuple[np.ndarray, int] | None:
     """The cached index if ``cache`` holds one for this exact file, else None. A cache is disposable: any failure
     to read it (missing, empty - np.load raises EOFError -, truncated, another format) is a miss and the index is
     rebuilt, never an error of the run."""
@@ -62,9 +96,9 @@ def _load(cache: Path, stamp: tuple[int, int]) -> tuple[np.ndarray, int] | None:
         return None
     if arr.dtype != np.int64 or arr.ndim != 1 or len(arr) < HEADER + 1:
         return None
-    if int(arr[0]) != MAGIC or (int(arr[1]), int(arr[2])) != stamp:
+    if int(arr[0]) != MAGIC or (int(arr[1]), int(arr[2]), int(arr[3])) != stamp:
         return None
-    return arr[HEADER:], int(arr[3])
+    return arr[HEADER:], int(arr[4])
 
 
 class _ScanFailed(Exception):
@@ -83,7 +117,7 @@ def _guard(chunks: Iterable[np.ndarray]):
         yield c
 
 
-def _write(cache: Path, stamp: tuple[int, int], flags, chunks: Iterable[np.ndarray]) -> None:
+def _write(cache: Path, stamp: tuple[int, int, int], flags, chunks: Iterable[np.ndarray]) -> None:
     """Stream int64 chunks to a raw temp file, then copy them into the .npy (bounded memory), atomically."""
     cache.parent.mkdir(parents=True, exist_ok=True)
     raw = cache.with_name(f".{cache.name}.{os.getpid()}.{threading.get_ident()}.raw")
@@ -96,7 +130,7 @@ def _write(cache: Path, stamp: tuple[int, int], flags, chunks: Iterable[np.ndarr
                 n += len(c)
         flags = flags() if callable(flags) else flags  # known once the scan is done
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int64, shape=(HEADER + n,))
-        out[:HEADER] = (MAGIC, stamp[0], stamp[1], flags)
+        out[:HEADER] = (MAGIC, *stamp, flags)
         step = CHUNK // 8
         with open(raw, "rb") as f:
             for lo in range(0, n, step):
@@ -111,18 +145,19 @@ def _write(cache: Path, stamp: tuple[int, int], flags, chunks: Iterable[np.ndarr
                 p.unlink()
 
 
-def load_or_build(path: str | Path, kind: str, build: Callable[[Path], tuple[Iterable[np.ndarray], object]],
-                  index_dir: str | None = None) -> tuple[np.ndarray, int]:
+def load_or_build(path, kind: str, build: Callable[[Path], tuple[Iterable[np.ndarray], object]],
+                  index_dir: str | None = None, rebuild: bool = False) -> tuple[np.ndarray, int]:
     """``(starts, flags)`` for ``path``: a cached index if one matches the file, else ``build(path)``.
 
     ``build`` returns ``(chunks of record starts ending with the end offset, flags)``; the chunks are consumed
     once, while being written, so they may come from a generator reading the file lazily; ``flags`` is an int
-    or a callable evaluated after the chunks are consumed (for facts learnt during the scan).
+    or a callable evaluated after the chunks are consumed (for facts learnt during the scan). ``path`` may be a
+    remote URL (str); ``rebuild`` skips the caches (a reader found the cached index stale).
     """
-    path = Path(path)
+    path = path if storage.is_remote(path) else Path(path)
     stamp = _stamp(path)
     candidates = cache_candidates(path, kind, index_dir)
-    for cache in candidates:
+    for cache in [] if rebuild else candidates:
         found = _load(cache, stamp)
         if found is not None:
             return found
@@ -144,13 +179,22 @@ def load_or_build(path: str | Path, kind: str, build: Callable[[Path], tuple[Ite
     raise OSError(f"cannot write an index for {path} anywhere: {'; '.join(errors)}")
 
 
-def scan_lines(path: Path) -> Iterable[np.ndarray]:
+def open_data(path, block_size: int = CHUNK):
+    """A binary file object over a local file or a remote object (read sequentially by the index scans)."""
+    return storage.open_file(str(path), block_size) if storage.is_remote(path) else open(path, "rb")
+
+
+def data_size(path) -> int:
+    return storage.size(str(path)) if storage.is_remote(path) else Path(path).stat().st_size
+
+
+def scan_lines(path) -> Iterable[np.ndarray]:
     """Start offsets of every line (blank ones included, so record i is line i + 1), then the end offset.
     A last line without a trailing newline still counts; an empty file has no records."""
-    size = path.stat().st_size
+    size = data_size(path)
     yield np.zeros(1, dtype=np.int64)
     pos = 0
-    with open(path, "rb") as f:
+    with open_data(path) as f:
         while True:
             buf = f.read(CHUNK)
             if not buf:
@@ -166,15 +210,19 @@ def scan_lines(path: Path) -> Iterable[np.ndarray]:
 
 
 class RecordFile:
-    """pread-based random access to byte ranges; safe across threads and forked workers, picklable."""
+    """pread-based random access to byte ranges; safe across threads and forked workers, picklable. A remote
+    object (URL) is read with one ranged GET per call, on this process's reused connection pool."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.remote = storage.is_remote(path)
+        self.path = str(path) if self.remote else Path(path)
         self._fd: int | None = None
         self._pid = -1
         self._lock = threading.Lock()
 
     def read(self, start: int, end: int) -> bytes:
+        if self.remote:
+            return storage.read_range(self.path, start, end)
         if self._fd is None or self._pid != os.getpid():
             self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
         if hasattr(os, "pread"):

@@ -9,7 +9,12 @@ one span with a single ``pread`` and parses it. (``wids``, webdataset's own inde
 with the installed webdataset 1.0.2.)
 
 ``data.path`` is a brace pattern (``/data/shards/{00000..00099}.tar``), several joined with ``::``, a single
-tar, or a folder (its ``*.tar`` in sorted order).
+tar, or a folder (its ``*.tar`` in sorted order). Each may be a URL (``s3://bucket/shards/{00000..00099}.tar``,
+``gs://...``, ``https://...``; :mod:`declip.storage`): the tar headers are then read once through the object
+store (the index cached locally, keyed on each object's ETag) and a sample is one ranged GET.
+
+A sample whose span in the shard (known from the tar headers, before any read) exceeds ``data.max_image_bytes``
+plus :data:`TEXT_SLACK` for its caption members is skipped as ``too_large`` without being read.
 
 Index order: shards in the order the pattern lists them, and samples in tar order within each shard.
 """
@@ -25,13 +30,15 @@ import numpy as np
 from braceexpand import braceexpand
 from PIL import Image
 
-from .decode import DEFAULT_MAX_PIXELS, check_caption, decode_image
-from .offsets import RecordFile, load_or_build
+from .. import storage
+from .decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, check_caption, decode_image
+from .offsets import RecordFile, load_or_build, open_data
 from ..errors import DataError
 from .errors import BadSample
-from .source_base import ReopenAfterPickle
+from .source_base import FetchThenDecode, ReopenAfterPickle
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "tif", "tiff")  # first present wins
+TEXT_SLACK = 1 << 20  # a sample's span may exceed data.max_image_bytes by this much (tar headers, .txt, .json)
 
 
 def split_key(name: str) -> tuple[str, str]:
@@ -41,11 +48,42 @@ def split_key(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-def expand_shards(pattern: str) -> list[Path]:
-    """Shard paths named by ``pattern``, in order; a clear error for a missing shard or an empty folder."""
-    paths: list[Path] = []
+def _expand_remote(item: str, pattern: str) -> list[str]:
+    """One expanded URL: a ``.tar`` object, or a prefix whose ``*.tar`` objects are taken in sorted order."""
+    if item.endswith(".tar"):
+        return [item]
+    storage.require_bucket(item, "data.path")
+    found = storage.glob(storage.join(item, "*.tar"))
+    if not found:
+        raise DataError(f"data.path: {item} holds no *.tar shards (pattern {pattern!r})")
+    return found
+
+
+def _missing_remote(urls: list[str]) -> list[str]:
+    """The URLs that name no object: one listing per folder (prefix), not one request per shard."""
+    if not urls:
+        return []
+    storage.require_bucket(urls[0], "data.path")
+    listed: dict[str, set[str]] = {}
+    missing = []
+    for url in urls:
+        folder = url.rsplit("/", 1)[0]
+        if folder not in listed:
+            listed[folder] = set(storage.glob(storage.join(folder, "*")))
+        if url not in listed[folder]:
+            missing.append(url)
+    return missing
+
+
+def expand_shards(pattern: str) -> list[Path | str]:
+    """Shard paths (URLs as strings) named by ``pattern``, in order; a clear error for a missing shard or an
+    empty folder."""
+    paths: list[Path | str] = []
     for part in pattern.split("::"):
         for item in braceexpand(part.strip()):
+            if storage.is_remote(item):
+                paths += _expand_remote(item, pattern)
+                continue
             p = Path(item).expanduser()
             if p.is_dir():
                 found = sorted(p.glob("*.tar"))
@@ -54,7 +92,8 @@ def expand_shards(pattern: str) -> list[Path]:
                 paths += found
             else:
                 paths.append(p)
-    missing = [p for p in paths if not p.is_file()]
+    missing = [p for p in paths if not storage.is_remote(p) and not p.is_file()]
+    missing += _missing_remote([p for p in paths if storage.is_remote(p)])
     if missing:
         raise DataError(f"data.path={pattern!r}: {len(missing)} of {len(paths)} shards missing, "
                                 f"e.g. {missing[0]}")
@@ -63,12 +102,12 @@ def expand_shards(pattern: str) -> list[Path]:
     return paths
 
 
-def scan_tar(path: Path):
+def scan_tar(path):
     """Index builder: header offset of the first member of each sample, then the end of the last member."""
     starts: list[int] = []
     end, prev = 0, None
     try:
-        with tarfile.open(path, mode="r:") as tf:  # uncompressed: members are skipped by seeking
+        with open_data(path, 1 << 20) as f, tarfile.open(fileobj=f, mode="r:") as tf:  # members skipped by seeking
             for m in tf:
                 if not m.isfile():
                     continue
@@ -83,21 +122,22 @@ def scan_tar(path: Path):
     return [np.asarray([*starts, end], dtype=np.int64)], 0
 
 
-class ShardSource(ReopenAfterPickle):
+class ShardSource(FetchThenDecode, ReopenAfterPickle):
     """Map-style source over webdataset shards: ``len()``, ``load(i) -> (RGB image, caption)``."""
 
     _transient = ("first", "base", "starts", "files")
 
     def __init__(self, pattern: str, image_size: int | None = None, index_dir: str | None = None,
-                 index_threads: int = 8, max_pixels: int = DEFAULT_MAX_PIXELS):
+                 index_threads: int = 8, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES):
         self.pattern, self.image_size, self.index_dir = pattern, image_size, index_dir
-        self.max_pixels = max_pixels
+        self.max_pixels, self.max_bytes = max_pixels, max_bytes
         self.shards = expand_shards(pattern)
+        self.remote = any(storage.is_remote(p) for p in self.shards)
         self.index_threads = index_threads
         self._open()
 
     def _open(self) -> None:
-        def one(p: Path) -> np.ndarray:
+        def one(p) -> np.ndarray:
             return np.asarray(load_or_build(p, "samples", scan_tar, self.index_dir)[0])
 
         with ThreadPoolExecutor(max(1, min(self.index_threads, len(self.shards)))) as pool:
@@ -121,8 +161,14 @@ class ShardSource(ReopenAfterPickle):
     def members(self, index: int) -> tuple[str, dict[str, bytes]]:
         """(key, {extension: bytes}) of sample ``index``."""
         k, j = self.locate(index)
-        lo = int(self.starts[self.base[k] + j])
-        span = self.files[k].read(lo, int(self.starts[self.base[k] + j + 1]))
+        lo, hi = int(self.starts[self.base[k] + j]), int(self.starts[self.base[k] + j + 1])
+        if hi - lo > self.max_bytes + TEXT_SLACK:  # the tar headers' sizes say so: nothing is read
+            raise BadSample("too_large", f"{self.position(index)}: the sample spans {(hi - lo) / 2**20:.1f} MiB "
+                                         f"of its shard > data.max_image_bytes={self.max_bytes} + 1 MiB of text")
+        try:
+            span = self.files[k].read(lo, hi)
+        except (FileNotFoundError, PermissionError) as e:  # a remote shard removed or denied since indexing
+            raise BadSample("missing_file", f"{self.position(index)}: {e}") from None
         key, files = None, {}
         with tarfile.open(fileobj=io.BytesIO(span), mode="r:") as tf:
             for m in tf:
@@ -134,11 +180,14 @@ class ShardSource(ReopenAfterPickle):
     def position(self, index: int) -> str:
         """Where sample ``index`` is without reading the shard (a timed-out read may hang on it again)."""
         k, j = self.locate(index)
-        return f"{self.shards[k].name}: sample {j + 1}"
+        return f"{storage.basename(self.shards[k])}: sample {j + 1}"
 
     def key(self, index: int) -> str:
         k, _ = self.locate(index)
-        return f"{self.shards[k].name}:{self.members(index)[0]}"
+        try:
+            return f"{storage.basename(self.shards[k])}:{self.members(index)[0]}"
+        except BadSample:  # too large or gone: its position names it without reading it
+            return self.position(index)
 
     def _caption(self, files: dict[str, bytes], where: str):
         if "txt" in files:
@@ -159,9 +208,13 @@ class ShardSource(ReopenAfterPickle):
             return caption
         raise BadSample("bad_line", f"{where}: no .txt or .json caption (members: {sorted(files)})")
 
-    def load(self, index: int) -> tuple[Image.Image, str]:
+    def fetch(self, index: int) -> tuple[str, dict[str, bytes]]:
+        """The I/O of sample ``index``: its members, read with one pread (one ranged GET for a URL)."""
+        return self.members(index)
+
+    def decode(self, index: int, fetched: tuple[str, dict[str, bytes]]) -> tuple[Image.Image, str]:
         k, _ = self.locate(index)
-        key, files = self.members(index)
+        key, files = fetched
         where = f"{self.shards[k]}:{key}"
         caption = check_caption(self._caption(files, where), where)
         ext = next((e for e in IMAGE_EXTS if e in files), None)

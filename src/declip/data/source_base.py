@@ -23,6 +23,24 @@ class Source(Protocol):
         ...
 
 
+class FetchThenDecode:
+    """A file-backed source in two steps: ``fetch(i)`` does all of sample ``i``'s I/O (its record, its image
+    bytes) and ``decode(i, fetched)`` the CPU work. The loader's readahead (``data.readahead``) runs the fetches
+    of the next samples on threads while this one decodes: what hides an object store's latency. ``remote``
+    says whether the data is behind a URL (readahead is used there only)."""
+
+    remote = False
+
+    def fetch(self, index: int):
+        raise NotImplementedError
+
+    def decode(self, index: int, fetched) -> tuple[Image.Image, str]:
+        raise NotImplementedError
+
+    def load(self, index: int) -> tuple[Image.Image, str]:
+        return self.decode(index, self.fetch(index))
+
+
 class ReopenAfterPickle:
     """Sources hold memory-mapped indexes and open file handles. Sent to a spawned loader worker, they must not
     carry a copy of a 15M-entry index or a handle of another process: the attributes named in ``_transient``

@@ -16,9 +16,10 @@ from collections import Counter
 from pathlib import Path
 from typing import TextIO
 
+from .. import storage
 from .bounded import call_bounded
 from .scan import CHECK_WORDING, Problems, at_line, ordered
-from .decode import DEFAULT_MAX_PIXELS
+from .decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from .errors import SKIP_REASONS, BadSample
 
 CONTEXT_TOKENS = 75  # 77 minus SOT and EOT: longer captions are truncated by the tokenizer
@@ -35,33 +36,39 @@ def _is_long(caption: str) -> bool:
 def check_manifest(path: str, root: str, threads: int = 8, max_examples: int = 5, image_size: int = 224,
                    progress: bool = True, out: TextIO | None = None, timeout_s: float = 60.0,
                    max_pixels: int = DEFAULT_MAX_PIXELS, allow_outside_root: bool = False,
-                   classnames: str | None = None) -> dict:
+                   classnames: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
     """Parse every line, check its caption, and decode its image as training would (the same path
     containment, size limit and per-sample timeout). Prints a report and returns ``{"lines", "ok",
     "problems": {reason: count}, "examples": {reason: [...]}, "long_captions"}``. A labelled manifest
     (``filename``, ``label``) is checked as one instead (:mod:`declip.data.labelled`), with the same limits."""
     from ..errors import DataError
     from .decode import load_image
+    from .errors import require_file
     from .labelled import LABELLED, check_labelled, manifest_kind
     from .manifest import ManifestSource
 
-    if not Path(root).is_dir():  # else every line would be reported as a missing file
+    if storage.is_remote(root):  # else every line would be reported as a missing file
+        storage.require_bucket(root, "--root")
+    elif not Path(root).is_dir():
         raise DataError(f"--root {root} " + ("is not a folder" if Path(root).exists() else "does not exist") +
                         ": pass the folder the manifest's filenames are relative to")
-    limits = dict(timeout_s=timeout_s, max_pixels=max_pixels, allow_outside_root=allow_outside_root)
-    if Path(path).is_file() and manifest_kind(path) == LABELLED:
+    limits = dict(timeout_s=timeout_s, max_pixels=max_pixels, allow_outside_root=allow_outside_root,
+                  max_bytes=max_bytes)
+    require_file(path, "manifest")
+    if manifest_kind(path) == LABELLED:
         return check_labelled(path, root, threads, max_examples, image_size, progress, out, classnames, **limits)
 
     out = out or sys.stdout
     t0 = time.perf_counter()
-    src = ManifestSource(path, root, image_size, max_pixels=max_pixels, allow_outside_root=allow_outside_root)
+    src = ManifestSource(path, root, image_size, max_pixels=max_pixels, allow_outside_root=allow_outside_root,
+                         max_bytes=max_bytes)
 
     def one(i: int):
         try:
             rec = src.record(i)
             image = src.image_path(rec, i)  # the record parsed once: load() would read and parse the line again
-            call_bounded(lambda: load_image(image, image_size, max_pixels), timeout_s, f"{src.path}:{i + 1}",
-                         **CHECK_WORDING)
+            call_bounded(lambda: load_image(image, image_size, max_pixels, max_bytes), timeout_s,
+                         f"{src.path}:{i + 1}", **CHECK_WORDING)
             return None, _is_long(rec["caption"])
         except BadSample as e:
             return (e.reason, at_line(src, i, e.detail)), False
@@ -93,7 +100,7 @@ def shard_sample(src, i: int, max_side: int, quality: int) -> tuple[dict | None,
     try:
         rec = src.record(i)
         path = src.image_path(rec, i)
-        data = read_image_bytes(path)
+        data = read_image_bytes(path, src.max_bytes)
         img = decode_image(data, str(path), max_side=max_side, max_pixels=src.max_pixels)
     except BadSample as e:
         return None, (e.reason, at_line(src, i, e.detail))
@@ -113,12 +120,14 @@ def shard_sample(src, i: int, max_side: int, quality: int) -> tuple[dict | None,
 
 
 def shard_manifest(path: str, root: str, out_dir: str, max_side: int = 256, shard_size: int = 1000,
-                   threads: int = 8, quality: int = 95, progress: bool = True, out: TextIO | None = None) -> dict:
+                   threads: int = 8, quality: int = 95, progress: bool = True, out: TextIO | None = None,
+                   max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
     """Write ``out_dir/{00000..}.tar`` webdataset shards (key.jpg, key.txt, key.json) from a manifest.
 
     The key is the 0-based manifest line number (9 digits), so every shard sample traces back to its line.
     Images are shrunk so the longer side is <= ``max_side`` and re-encoded as JPEG; an RGB JPEG that already
-    fits is copied byte for byte (no second lossy encode). Bad samples are skipped and counted by reason.
+    fits is copied byte for byte (no second lossy encode). Bad samples are skipped and counted by reason; an
+    image file over ``max_bytes`` is skipped as ``too_large`` before it is read.
     """
     import webdataset as wds
 
@@ -126,7 +135,7 @@ def shard_manifest(path: str, root: str, out_dir: str, max_side: int = 256, shar
 
     out = out or sys.stdout
     t0 = time.perf_counter()
-    src = ManifestSource(path, root)
+    src = ManifestSource(path, root, max_bytes=max_bytes)
     dest = Path(out_dir)
     dest.mkdir(parents=True, exist_ok=True)
 

@@ -5,11 +5,13 @@ Why one reader and one decoder: a number is only comparable across runs and task
 same pixels everywhere. Images go through :func:`declip.data.decode.load_image` (transparency over white,
 16-bit scaled, CMYK converted, missing/corrupt files raised as :class:`BadSample`) and then the eval
 transform (resize + centre crop); an unusable image is counted under its skip reason, never fatal.
+Manifests and image roots may be URLs (``s3://``, ``gs://``, ``http(s)://``), read through :mod:`declip.storage`.
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import io
 import json
 import logging
 import sys
@@ -22,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from .. import storage
 from ..data.bounded import call_bounded, contained, filename_problem
-from ..data.decode import DEFAULT_MAX_PIXELS, load_image
+from ..data.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, load_image
 from ..data.device_augment import normalize_on_device
 from ..data.errors import BadSample
 from ..data.tokenizer import tokenize
@@ -75,11 +78,16 @@ class Manifest:
 def read_manifest(path: str | Path, check: Callable[[dict], None]) -> Manifest:
     """Every line parsed; ``check(record)`` raises ValueError/KeyError/TypeError for a line to count as bad.
     Blank lines are skipped silently (a trailing newline is not an error)."""
-    path = Path(path)
-    if not path.is_file():
+    path = storage.location(path)
+    if storage.is_remote(path):
+        try:
+            storage.require_object(path, "manifest")
+        except DataError as e:
+            raise EvalDataError(str(e)) from None
+    elif not path.is_file():
         raise EvalDataError(f"manifest not found: {path}")
     out = Manifest(path)
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with _open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -101,7 +109,21 @@ def read_manifest(path: str | Path, check: Callable[[dict], None]) -> Manifest:
     return out
 
 
-def check_root(root: str | Path, what: str) -> Path:
+def _open_text(path):
+    """A manifest as text lines (bad UTF-8 replaced, so a broken line is reported, not fatal)."""
+    if storage.is_remote(path):
+        return io.TextIOWrapper(storage.open_file(path), encoding="utf-8", errors="replace")
+    return open(path, encoding="utf-8", errors="replace")
+
+
+def check_root(root: str | Path, what: str) -> Path | str:
+    """The image folder (a URL root stays a string: its bucket must exist), or one :class:`EvalDataError` line."""
+    if storage.is_remote(root):
+        try:
+            storage.require_bucket(str(root), what)
+        except DataError as e:
+            raise EvalDataError(str(e)) from None
+        return str(root)
     root = Path(root)
     if not root.is_dir():
         raise EvalDataError(f"{what}: image folder not found: {root}")
@@ -120,9 +142,10 @@ class FileImages:
 
     def __init__(self, root: str | Path, names: list[str], image_size: int, data=None, where: str = "",
                  draft: bool = True):
-        self.root, self.names, self.image_size, self.draft = Path(root), list(names), image_size, draft
+        self.root, self.names, self.image_size, self.draft = storage.location(root), list(names), image_size, draft
         self.where = where or str(root)
         self.max_pixels = data.max_image_pixels if data is not None else DEFAULT_MAX_PIXELS
+        self.max_bytes = data.max_image_bytes if data is not None else DEFAULT_MAX_BYTES
         self.allow_outside = data.allow_outside_root if data is not None else False
         self.timeout_s = data.sample_timeout_s if data is not None else 60.0
 
@@ -132,7 +155,8 @@ class FileImages:
     def __call__(self, i: int):
         path = contained(self.root, self.names[i], self.allow_outside, self.where)
         target = self.image_size if self.draft else None
-        return call_bounded(lambda: load_image(path, target, self.max_pixels), self.timeout_s, str(path))
+        return call_bounded(lambda: load_image(path, target, self.max_pixels, self.max_bytes), self.timeout_s,
+                            str(path))
 
 
 def file_images(root: str | Path, names: list[str], cfg, where: str = "") -> EvalImages:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import storage
 from ..config import Config
 from ..errors import DataError
 from ..eval.zeroshot import TEMPLATE_SETS
@@ -15,6 +16,9 @@ def check_eval_paths(cfg: Config) -> None:
     for name, value in vars(cfg.eval).items():
         is_file = name.endswith("_manifest") or name == "classnames" or (name == "templates" and not named_templates)
         if isinstance(value, str) and value and (is_file or name.endswith("_root")):
+            if storage.is_remote(value):  # the object (or the root's bucket) must answer now, not after training
+                (storage.require_object if is_file else storage.require_bucket)(value, f"eval.{name}")
+                continue
             path = Path(value)
             if not (path.is_file() if is_file else path.is_dir()):
                 raise DataError(f"eval.{name}: {'file' if is_file else 'folder'} not found: {path}")

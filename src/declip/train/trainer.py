@@ -97,7 +97,7 @@ class Trainer:
 
         spec = self.method.data_spec(cfg).with_user_crops(cfg.data)  # the user's crop ranges and resize, where set
         dataset = PairDataset(source, spec, cfg.model.vision.image_size, tr.seed,
-                              sample_timeout_s=cfg.data.sample_timeout_s)
+                              sample_timeout_s=cfg.data.sample_timeout_s, readahead=cfg.data.readahead)
         self.device_stage = build_device_stage(spec, cfg.model.vision.image_size)  # uint8 crops -> augmented,
         # normalised views, batched on the training device (the workers only decode and crop)
         self.loader = build_train_loader(
