@@ -31,7 +31,7 @@ SHAPE_PREFIXES = ("model.", "method.name", "method.simsiam_proj_dim", "method.si
 FREE_PREFIXES = ("train.steps", "train.log_every", "train.ckpt_every", "train.keep_last", "train.progress",
                  "train.tensorboard", "train.output_dir", "train.dist_timeout_s", "train.max_nonfinite_skips",
                  "train.peak_tflops", "train.mode", "train.compile", "train.grad_checkpointing", "train.channels_last",
-                 "data.num_workers", "data.pin_memory", "data.index_dir", "eval.",
+                 "data.num_workers", "data.pin_memory", "data.index_dir", "data.worker_timeout_s", "eval.",
                  "model.init_from")  # init_from: a resumed run's weights come from its checkpoint, not from it
 # under a shape prefix but no shape: they change training, not the weights (--allow-config-change)
 TRAINING_UNDER_SHAPE = ("model.vision.patch_dropout",)
