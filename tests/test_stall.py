@@ -109,6 +109,8 @@ def finish(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["load", "handover"])
 def test_a_stopped_worker_ends_the_run_within_the_watchdog_in_one_line(tmp_path, where):
+    if where == "handover":
+        needs_fd_handover()
     watchdog = 5
     proc = launch(tmp_path, config(tmp_path, "run", f"data.worker_timeout_s={watchdog}"), where)
     stopped = wait_for_stop(proc)
@@ -122,8 +124,14 @@ def test_a_stopped_worker_ends_the_run_within_the_watchdog_in_one_line(tmp_path,
     assert stopped_child(proc.pid) is None and not list_checkpoints(tmp_path / "run")  # no signal: nothing saved
 
 
+def needs_fd_handover() -> None:
+    if torch.multiprocessing.get_sharing_strategy() != "file_descriptor":  # Linux's default
+        pytest.skip("batches are handed over through file descriptors only with the file_descriptor strategy")
+
+
 @pytest.mark.slow
 def test_sigterm_during_a_stall_saves_the_last_step_and_the_resume_is_exact(tmp_path):
+    needs_fd_handover()
     reference = launch(tmp_path, config(tmp_path, "reference"))
     out, err = finish(reference, timeout=180)
     assert reference.returncode == 0, err[-3000:]
@@ -154,3 +162,77 @@ def test_sigterm_during_a_stall_saves_the_last_step_and_the_resume_is_exact(tmp_
     final_a = load_checkpoint(list_checkpoints(tmp_path / "reference")[-1][1])["model"]
     final_b = load_checkpoint(list_checkpoints(tmp_path / "run")[-1][1])["model"]
     assert final_a.keys() == final_b.keys() and all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+
+
+# ------------------------------------------------------------------------------ the watchdog itself, in-process
+class Stream:
+    """An iterator that hangs for good at item ``hang_at`` (a worker stopped mid-handover, as the trainer sees
+    it), counting how often it was asked."""
+
+    def __init__(self, hang_at: int = -1):
+        self.hang_at, self.asked = hang_at, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.asked += 1
+        if self.asked == self.hang_at:
+            import threading
+
+            threading.Event().wait()
+        if self.asked == 99:
+            raise ValueError("a worker's error")
+        return self.asked
+
+
+def test_the_fetch_gives_up_at_the_watchdog_and_keeps_order_and_errors():
+    from declip.data.errors import DataStallError
+    from declip.train.watchdog import BoundedFetch
+
+    fetch = BoundedFetch(Stream(hang_at=4), timeout_s=0.3, sample_timeout_s=0.1, per_step=1,
+                         preempted=lambda: False)
+    assert [next(fetch) for _ in range(3)] == [1, 2, 3]
+    with pytest.raises(DataStallError, match=r"in 0.3 s \(data.worker_timeout_s"):
+        next(fetch)
+    assert fetch.stalled
+    with pytest.raises(DataStallError):  # the thread is still inside the abandoned fetch: no second one
+        next(fetch)
+    stream = Stream()
+    stream.asked = 97
+    errors = BoundedFetch(stream, timeout_s=5, sample_timeout_s=1, per_step=1, preempted=lambda: False)
+    assert next(errors) == 98
+    with pytest.raises(ValueError, match="a worker's error"):  # raised in the caller's thread
+        next(errors)
+    errors.close()
+
+
+def test_a_step_fetches_all_its_micro_batches_before_the_first_is_used():
+    """With grad_accum micro-batches a wait can only be given up at a step's start, before anything of the step
+    ran: the state saved then is exactly the last completed step's."""
+    from declip.train.watchdog import BoundedFetch
+
+    stream = Stream()
+    fetch = BoundedFetch(stream, timeout_s=5, sample_timeout_s=1, per_step=3, preempted=lambda: False)
+    assert next(fetch) == 1 and stream.asked == 3
+    assert next(fetch) == 2 and next(fetch) == 3 and stream.asked == 3
+    assert next(fetch) == 4 and stream.asked == 6
+    fetch.close()
+    inline = BoundedFetch(Stream(), timeout_s=5, sample_timeout_s=1, per_step=2, preempted=lambda: False,
+                          threaded=False)  # data.num_workers=0: no thread, no worker to stop
+    assert inline.thread is None and [next(inline) for _ in range(3)] == [1, 2, 3]
+
+
+def test_a_signal_during_the_wait_gives_up_within_the_preemption_wait(monkeypatch):
+    import declip.train.watchdog as watchdog
+
+    monkeypatch.setattr(watchdog, "PREEMPTION_WAIT_S", 0.5)
+    signalled = []
+    fetch = watchdog.BoundedFetch(Stream(hang_at=2), timeout_s=300, sample_timeout_s=60, per_step=1,
+                                  preempted=lambda: bool(signalled))
+    assert next(fetch) == 1
+    signalled.append(True)
+    start = time.monotonic()
+    with pytest.raises(watchdog.PreemptedWait, match="within 0.5 s of the preemption signal"):
+        next(fetch)
+    assert time.monotonic() - start < 60, "gave up on the signal, not at the 300 s watchdog"
