@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from declip.train.checkpoint import list_checkpoints, load_checkpoint
-from declip.train.watchdog import PREEMPTION_WAIT_S
+from declip.data.fetch import PREEMPTION_WAIT_S
 from helpers import metrics, write_tiny_config
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -188,7 +188,7 @@ class Stream:
 
 def test_the_fetch_gives_up_at_the_watchdog_and_keeps_order_and_errors():
     from declip.data.errors import DataStallError
-    from declip.train.watchdog import BoundedFetch
+    from declip.data.fetch import BoundedFetch
 
     fetch = BoundedFetch(Stream(hang_at=4), timeout_s=0.3, sample_timeout_s=0.1, per_step=1,
                          preempted=lambda: False)
@@ -210,7 +210,7 @@ def test_the_fetch_gives_up_at_the_watchdog_and_keeps_order_and_errors():
 def test_a_step_fetches_all_its_micro_batches_before_the_first_is_used():
     """With grad_accum micro-batches a wait can only be given up at a step's start, before anything of the step
     ran: the state saved then is exactly the last completed step's."""
-    from declip.train.watchdog import BoundedFetch
+    from declip.data.fetch import BoundedFetch
 
     stream = Stream()
     fetch = BoundedFetch(stream, timeout_s=5, sample_timeout_s=1, per_step=3, preempted=lambda: False)
@@ -224,7 +224,7 @@ def test_a_step_fetches_all_its_micro_batches_before_the_first_is_used():
 
 
 def test_a_signal_during_the_wait_gives_up_within_the_preemption_wait(monkeypatch):
-    import declip.train.watchdog as watchdog
+    import declip.data.fetch as watchdog
 
     monkeypatch.setattr(watchdog, "PREEMPTION_WAIT_S", 0.5)
     signalled = []
@@ -236,3 +236,33 @@ def test_a_signal_during_the_wait_gives_up_within_the_preemption_wait(monkeypatc
     with pytest.raises(watchdog.PreemptedWait, match="within 0.5 s of the preemption signal"):
         next(fetch)
     assert time.monotonic() - start < 60, "gave up on the signal, not at the 300 s watchdog"
+
+
+class HangingImages:
+    """An eval image source whose worker hangs for good on image 5 (``load`` runs in the loader worker)."""
+
+    timeout_s, worker_timeout_s = 1.0, 2.0
+
+    def __call__(self, i):
+        from PIL import Image
+
+        if i == 5:
+            import threading
+
+            threading.Event().wait()
+        return Image.new("RGB", (32, 32), (i, 0, 0))
+
+
+def test_a_stalled_evaluation_worker_ends_in_one_line_too(tiny_cfg):
+    """Evaluation's loader (mid-run zero-shot, declip eval) is read the same way: it had no timeout at all."""
+    from declip.data.errors import DataStallError
+    from declip.data.views import eval_transform_uint8
+    from declip.eval.common import EvalImages, image_features
+    from declip.models.towers import build_clip
+
+    clip = build_clip(tiny_cfg().model)
+    images = EvalImages(HangingImages(), 12, eval_transform_uint8(32))
+    with pytest.raises(DataStallError, match=r"in 2 s \(data.worker_timeout_s"):
+        image_features(clip, images, "cpu", batch_size=4, num_workers=1)
+    feats = image_features(clip, EvalImages(HangingImages(), 5, eval_transform_uint8(32)), "cpu", 4, 1)
+    assert feats.index.tolist() == [0, 1, 2, 3, 4]  # a healthy loader runs to its end through the same path

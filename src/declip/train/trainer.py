@@ -21,6 +21,7 @@ from .. import distributed as dist
 from ..config import Config
 from ..data.device_augment import build_device_stage
 from ..data.errors import DataStallError
+from ..data.fetch import BoundedFetch
 from ..data.loader import DevicePrefetcher, PairDataset, build_train_loader, worker_timeout_s
 from ..data.sources import build_source
 from ..device import resolve_device
@@ -38,7 +39,7 @@ from .optim import build_optimizer, lr_at, set_lr
 from .preemption import PreemptionSignals
 from .preflight import check_eval_paths
 from .run_dir import check_resume_config, claim_output_dir, write_run_config
-from .watchdog import BoundedFetch, stop_on_stall
+from .watchdog import stop_on_stall
 from .workers import ignore_preemption_in_worker, stop_loader_workers
 
 
