@@ -97,8 +97,11 @@ class BoundedFetch:
                 continue
             if ok:
                 return value
-            if isinstance(value, RuntimeError):  # torch's own timeout (pinned memory): the same one line
-                value = stall_error(value, self.timeout_s, self.sample_timeout_s) or value
+            stall = stall_error(value, self.timeout_s, self.sample_timeout_s) \
+                if isinstance(value, RuntimeError) else None
+            if stall is not None:  # torch's own timeout (a worker stopped before sending): the same one line
+                self.stalled = True
+                raise stall from None
             raise value
 
     def _stall(self) -> DataStallError:
@@ -112,9 +115,10 @@ class BoundedFetch:
             abandon_loader(self.it)
         elif hasattr(self.it, "_shutdown_workers"):  # torch's own: it also forgets the worker pids
             self.it._shutdown_workers()
-        if self.thread is not None and not self.stalled:
-            self.requests.put(False)
-            self.thread.join(timeout=5)
+        if self.thread is not None:
+            self.requests.put(False)  # it ends once its fetch returns (a stuck one: with the process)
+            if not self.stalled:
+                self.thread.join(timeout=5)
 
 
 def abandon_loader(iterator) -> None:
