@@ -23,4 +23,3 @@ def stop_loader_workers() -> None:
         if proc.daemon:
             proc.kill()
             proc.join(timeout=5)
-
