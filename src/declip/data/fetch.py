@@ -122,8 +122,8 @@ class BoundedFetch:
 
 
 def abandon_loader(iterator) -> None:
-    """End a stalled loader iterator's workers at once (:class:`BoundedFetch`): its pids
-    forgotten first (torch's SIGCHLD handler would report the kill as a crash), marked shut down (torch's own
+    """End a stalled loader iterator's workers at once (:class:`BoundedFetch`): their pids forgotten first
+    (torch's SIGCHLD handler would report the kill as a crash), the iterator marked shut down (torch's own
     shutdown, also run when it is collected, would join a reader thread that may be stuck in a stopped worker's
     socket for good), then killed: SIGKILL is the one signal a stopped process acts on. A reader stuck on that
     socket then fails; a pinned-memory thread's failure is not printed (the run says why it stopped)."""
