@@ -36,6 +36,9 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     # and open_clip's warm-up start (lr from 0 instead of the reference's 1e-4; round 10)
     "clip-crop09-ocinit-wu0": ("clip", ["data.crop_scale=[0.9,1.0]", "model.vision.init=open_clip",
                                         "optim.warmup_start_lr=0"], False),
+    # and open_clip's patch dropout at FLIP's 0.5 (issue 39: half the patch tokens in training, all in evaluation)
+    "clip-crop09-ocinit-pd05": ("clip", ["data.crop_scale=[0.9,1.0]", "model.vision.init=open_clip",
+                                         "model.vision.patch_dropout=0.5"], False),
     "clip-ocinit": ("clip", ["model.vision.init=open_clip"], False),  # the same init at the reference crop 0.5-1
     # and at the small-data DeCLIP's second-view crop 0.7-1
     "clip-crop07-ocinit": ("clip", ["data.crop_scale=[0.7,1.0]", "model.vision.init=open_clip"], False),

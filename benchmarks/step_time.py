@@ -5,6 +5,9 @@ ratio DeCLIP/CLIP within 10% of the FLOP ratio). Data loading is excluded: batch
 real data pipeline and reused, so only forward + backward + AdamW are timed.
 
     python benchmarks/step_time.py [--preset PRESET] [--batch 32] [--steps 20] [--out benchmarks/results/step_time.md]
+
+``--patch-dropout P`` times a CLIP step with ``model.vision.patch_dropout=P`` against the same step at 0 instead
+(a ViT tower; issue 39): what dropping that share of the patch tokens saves, FLOPs and time.
 """
 from __future__ import annotations
 
@@ -147,12 +150,17 @@ def main() -> None:
     p.add_argument("--out", default="")
     p.add_argument("--reference-flops", action="store_true",
                    help="only count the FLOPs of each method's ViT-B/32 reference recipe (no timing)")
+    p.add_argument("--patch-dropout", type=float, default=0.0,
+                   help="only time CLIP with model.vision.patch_dropout=P against 0 (a ViT tower)")
     p.add_argument("overrides", nargs="*", help="extra key=value config overrides for both methods")
     a = p.parse_args()
     if a.reference_flops:
         cmd = "python " + " ".join([sys.argv[0], *sys.argv[1:]])
         emit("\n".join(["## Model FLOPs of the ViT-B/32 reference recipes", "", f"Command: `{cmd}`", "",
                         *reference_flops(a.batch), ""]), a.out)
+        return
+    if a.patch_dropout:
+        emit(patch_dropout_block(a), a.out)
         return
     t_clip, f_clip, m_clip = measure_with_memory("clip", a.preset, a.batch, a.steps, a.overrides)
     t_declip, f_declip, m_declip = measure_with_memory("declip", a.preset, a.batch, a.steps, a.overrides)
@@ -178,6 +186,24 @@ def main() -> None:
     text = "\n".join(["## Step time: DeCLIP vs CLIP", "", f"Command: `{cmd}`", "", f"Machine: {machine}", "",
                       *rows, "", summary, ""])
     emit(text, a.out)
+
+
+def patch_dropout_block(a) -> str:
+    """CLIP's step at ``model.vision.patch_dropout`` 0 and ``a.patch_dropout``, same towers, batch and steps."""
+    rows = ["| model.vision.patch_dropout | median step (s) | GFLOP / step (fwd+bwd) | images/s | peak memory (MiB) |",
+            "|---|---|---|---|---|"]
+    base = None
+    for p in (0.0, a.patch_dropout):
+        t, f, m = measure_with_memory("clip", a.preset, a.batch, a.steps, [*a.overrides,
+                                                                           f"model.vision.patch_dropout={p}"])
+        base = base or (t, f)
+        ratio = "" if p == 0 else f" (x{t / base[0]:.2f} the time, x{f / base[1]:.2f} the FLOPs)"
+        rows.append(f"| {p:g}{ratio} | {t:.4f} | {f / 1e9:.2f} | {a.batch / t:.1f} | {m:.0f} |")
+    cmd = "python " + " ".join([sys.argv[0], *sys.argv[1:]])
+    machine = (f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} "
+               f"threads, preset {a.preset or 'demo'}, batch {a.batch}, {a.steps} timed steps")
+    return "\n".join([f"## Step time: CLIP with patch dropout {a.patch_dropout:g} vs none", "", f"Command: `{cmd}`",
+                      "", f"Machine: {machine}", "", *rows, ""])
 
 
 def emit(text: str, out: str = "") -> None:

@@ -5,7 +5,9 @@
 #     gradient scaler: step time, FPS, peak memory;
 #  3. every method of the family (issue 29: CLIP, SLIP, FILIP, DeFILIP, DeCLIP with the sigmoid loss) on the same
 #     towers, batch and first precision: gpu_step_check_<method>.json;
-#  4. the loader-fed check (issue 9): the same bf16 run fed by the real input pipeline (all host cores as loader
+#  4. patch dropout (issue 39): CLIP's step at model.vision.patch_dropout=0.5 (FLIP's) beside step 3's CLIP at 0:
+#     gpu_step_check_clip_pd05.json and the step-rate ratio;
+#  5. the loader-fed check (issue 9): the same bf16 run fed by the real input pipeline (all host cores as loader
 #     workers, uint8 crops, augmentation on the GPU) on a generated manifest of $IMAGES 500x375 JPEGs; prints the
 #     synthetic and loader-fed FPS and their ratio (target >= 0.90).
 # Writes benchmarks/results/gpu_step_check_{bf16,fp16}.json, gpu_loader_check_bf16.json and gpu_loader_check.md
@@ -57,6 +59,8 @@ for m in clip slip filip defilip; do  # each method's step runs at all (tiny, CP
   "$PYTHON" benchmarks/gpu_step_check.py --device cpu "${TINY[@]}" --steps 1 --warmup 1 method.name=$m \
     method.simclr_hidden_dim=32 method.simclr_out_dim=16 > /dev/null
 done
+"$PYTHON" benchmarks/gpu_step_check.py --device cpu "${TINY[@]}" --steps 1 --warmup 1 method.name=clip \
+  model.vision.patch_dropout=0.5 > /dev/null  # issue 39: the patch-dropout step runs at all
 echo "CPU smoke runs passed"
 if [ "$DEVICE" = cuda ] && "$PYTHON" -c "import pytest" 2>/dev/null; then
   # the device stage on CUDA == on the CPU; a CUDA step makes no host sync outside logging (set_sync_debug_mode)
@@ -81,6 +85,17 @@ for label in clip slip filip defilip declip_sigmoid; do
   "$PYTHON" benchmarks/gpu_step_check.py --device "$DEVICE" "${MODEL[@]}" --precision "$P" --steps "$STEPS" \
     --warmup 3 --json "$OUT_DIR/gpu_step_check_${label}.json" "${extra[@]}" "$@" | tail -n 1
 done
+
+# issue 39: patch dropout 0.5 vs none: CLIP's step rate beside the clip run above (same towers, batch, precision)
+"$PYTHON" benchmarks/gpu_step_check.py --device "$DEVICE" "${MODEL[@]}" --precision "$P" --steps "$STEPS" \
+  --warmup 3 --json "$OUT_DIR/gpu_step_check_clip_pd05.json" method.name=clip model.vision.patch_dropout=0.5 "$@" \
+  | tail -n 1
+"$PYTHON" -c 'import json, sys; a, b = (json.load(open(p))["fps"] for p in sys.argv[1:])
+print(f"patch dropout 0.5: {b:.1f} images/s vs {a:.1f} at 0 (x{b / a:.2f} the step rate)")' \
+  "$OUT_DIR/gpu_step_check_clip.json" "$OUT_DIR/gpu_step_check_clip_pd05.json"
+
+# ====== issue 39 point 5: the S3 loader path (object storage) goes here; another helper adds it ======
+# ====== (end of the S3 loader path's spot) =============================================================
 
 # loader-fed vs synthetic, same model, precision and batch; synthetic measured again right before, same settings
 "$PYTHON" benchmarks/gpu_step_check.py --device "$DEVICE" "${MODEL[@]}" --precision "$P" --steps "$LOADER_STEPS" \

@@ -191,9 +191,8 @@ def test_stalled_worker_with_a_pending_signal_saves_then_stops(tiny_cfg, monkeyp
     from declip.train.checkpoint import list_checkpoints, load_checkpoint
     from declip.train.trainer import Trainer
 
-    monkeypatch.setattr(loader, "worker_timeout_s", lambda s: 3.0)
     monkeypatch.setattr(loader, "call_bounded", lambda fn, t, where: time.sleep(3600))  # forked into the worker
-    cfg = tiny_cfg("data.num_workers=1", "data.pin_memory=false", "eval.builtin=false")
+    cfg = tiny_cfg("data.num_workers=1", "data.pin_memory=false", "eval.builtin=false", "data.worker_timeout_s=3")
     trainer = Trainer(cfg)
     try:
         trainer.preemption.signum = signal.SIGTERM

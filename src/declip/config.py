@@ -55,8 +55,11 @@ class DataConfig:
     # How a crop is resized to the training size: bilinear (the reference's) or bicubic (open_clip's training crop).
     crop_interpolation: Literal["bilinear", "bicubic"] = "bilinear"
     # A sample not read and decoded within this many seconds is skipped as `timeout` (a slow or hung mount);
-    # a loader worker silent for max(300, 10 x this) stops the run (see declip.data.bounded).
+    # a loader worker silent for data.worker_timeout_s stops the run (see declip.data.bounded).
     sample_timeout_s: float = 60.0
+    # The watchdog: no batch from the loader workers this long (a worker stopped, deadlocked, swapping) stops the
+    # run in one line, wherever the worker stopped (declip.train.watchdog). 0 = max(300, 10 x sample_timeout_s).
+    worker_timeout_s: float = 0.0
     # Filenames stay inside data.root (absolute or '..' ones are skipped as outside_root) unless this is true.
     allow_outside_root: bool = False
     # Larger images are skipped as too_large from the header, before decoding (64 Mpx = 8000 x 8000).
@@ -71,6 +74,8 @@ class DataConfig:
     def validate(self, check: Check) -> None:
         check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
         check(self.sample_timeout_s > 0, "data.sample_timeout_s", "must be > 0 (seconds)")
+        check(self.worker_timeout_s >= 0, "data.worker_timeout_s",
+              "must be >= 0 (seconds; 0 = max(300, 10 x data.sample_timeout_s))")
         check(self.max_image_pixels > 0, "data.max_image_pixels", "must be > 0 (e.g. 64000000 = 8000 x 8000)")
         check(self.max_image_bytes > 0, "data.max_image_bytes", "must be > 0 (bytes; e.g. 67108864 = 64 MiB)")
         check(0 <= self.readahead <= 256, "data.readahead", "must be in [0, 256] (samples per loader worker)")

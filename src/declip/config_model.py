@@ -30,9 +30,14 @@ class VisionConfig:
     # blocks, positional embedding std width^-0.5), which learns more from a few hundred pairs
     # (benchmarks/results/learning.md). A ResNet tower has one init (CLIP's), whichever is set.
     init: Literal["reference", "open_clip"] = "reference"
+    # Share of the patch tokens a ViT drops in training (open_clip's PatchDropout, FLIP: 0.5 is the paper's;
+    # evaluation sees every patch). 0 = off. A training setting: --allow-config-change may change it on resume.
+    patch_dropout: float = 0.0
 
     def validate(self, check: Check) -> None:
         check(self.image_size >= 16, "model.vision.image_size", "must be >= 16")
+        check(0.0 <= self.patch_dropout < 1.0, "model.vision.patch_dropout",
+              "must be in [0, 1): the share of patch tokens dropped in training (0 = off, 0.5 = FLIP's)")
         if self.kind == "vit":
             check(isinstance(self.layers, int) and self.layers > 0, "model.vision.layers",
                   "a ViT needs one positive depth")
@@ -45,6 +50,8 @@ class VisionConfig:
             check(self.image_size % 32 == 0, "model.vision.image_size", "a ResNet needs a multiple of 32")
             check(self.init == "reference", "model.vision.init",
                   "only a ViT has a choice of init (a ResNet tower always gets CLIP's); remove the setting")
+            check(self.patch_dropout == 0, "model.vision.patch_dropout",
+                  "only a ViT tower drops patches (a ResNet has no patch tokens); set 0 or use a ViT preset")
 
 
 @dataclass

@@ -200,23 +200,24 @@ def collate(samples: list[dict]) -> dict:
     return batch
 
 
-def worker_timeout_s(sample_timeout_s: float) -> float:
-    """How long the trainer waits for a worker's next batch before calling the worker stalled. Every read is
-    bounded by ``sample_timeout_s`` (a hung one is abandoned, and a hung mount raises in the worker), so a
-    worker silent this long is stuck outside the reads: deadlocked, stopped (SIGSTOP) or swapping to death.
-    Generous, as a batch may legitimately hold a few timed-out samples."""
-    return max(300.0, 10 * sample_timeout_s)
+def worker_timeout_s(sample_timeout_s: float, configured: float = 0.0) -> float:
+    """How long the trainer waits for a worker's next batch before calling the worker stalled
+    (``data.worker_timeout_s``; 0 = this default). Every read is bounded by ``sample_timeout_s`` (a hung one is
+    abandoned, and a hung mount raises in the worker), so a worker silent this long is stuck outside the reads:
+    deadlocked, stopped (SIGSTOP) or swapping to death. Generous, as a batch may legitimately hold a few
+    timed-out samples."""
+    return configured if configured > 0 else max(300.0, 10 * sample_timeout_s)
 
 
-def stall_error(error: RuntimeError, sample_timeout_s: float) -> DataStallError | None:
-    """torch's ``DataLoader(timeout=...)`` error (no batch from the workers in time) as one line that says what
-    to do; None for any other error."""
-    if "DataLoader timed out" not in str(error):
+def stall_error(error: RuntimeError | None, timeout_s: float, sample_timeout_s: float) -> DataStallError | None:
+    """The trainer's watchdog (``error`` None) or torch's ``DataLoader(timeout=...)`` error (no batch from the
+    workers in time) as one line that says what to do; None for any other error."""
+    if error is not None and "DataLoader timed out" not in str(error):
         return None
     return DataStallError(
-        f"no batch from the data-loader workers in {worker_timeout_s(sample_timeout_s):g} s (every read is bounded "
-        f"by data.sample_timeout_s={sample_timeout_s:g}): a worker stopped making progress; check the data's file "
-        "system, then --resume latest")
+        f"no batch from the data-loader workers in {timeout_s:g} s (data.worker_timeout_s; every read is bounded "
+        f"by data.sample_timeout_s={sample_timeout_s:g}): a worker stopped making progress; check the data's "
+        "file system and the workers (stopped, swapping), then --resume latest")
 
 
 def build_train_loader(dataset: PairDataset, batch_size: int, num_workers: int, rank: int, world_size: int,
@@ -238,13 +239,14 @@ class DevicePrefetcher:
     """Iterate batches already on ``device``: while the caller works on batch i, batch i+1 is copied host ->
     device (non_blocking, from the loader's pinned memory) on a side CUDA stream. On other devices it just
     moves each batch when asked (nothing to overlap with on the CPU). Tensors named in ``host_keys`` stay on the
-    host (bookkeeping the trainer reads there); non-tensors pass through."""
+    host (bookkeeping the trainer reads there); non-tensors pass through. An error while fetching ahead (a data
+    stall) is raised at the next call: the batch already copied is used first, so a step never stops halfway."""
 
     def __init__(self, iterable, device: torch.device | str, host_keys: tuple[str, ...] = ("skips",)):
         self.it, self.device, self.host_keys = iter(iterable), torch.device(device), host_keys
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self.next_batch, self.host_batch = None, None
-        self.done = False
+        self.done, self.error = False, None
 
     def _move(self, batch: dict) -> dict:
         return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) and k not in self.host_keys else v
@@ -256,6 +258,9 @@ class DevicePrefetcher:
         except StopIteration:
             self.next_batch, self.done = None, True
             return
+        except Exception as e:  # e.g. a data stall: raised at the next call, after the batch in hand is used
+            self.next_batch, self.error = None, e
+            return
         with torch.cuda.stream(self.stream):
             self.next_batch = self._move(batch)
         self.host_batch = batch  # pinned source of the copy in flight: kept alive until the next one starts
@@ -266,8 +271,12 @@ class DevicePrefetcher:
     def __next__(self) -> dict:
         if self.stream is None:  # CPU (or any non-CUDA device): plain, in order
             return self._move(next(self.it))
+        if self.error is not None:
+            raise self.error
         if self.next_batch is None and not self.done:
             self._preload()  # the first batch
+            if self.error is not None:
+                raise self.error
         if self.next_batch is None:
             raise StopIteration
         current = torch.cuda.current_stream(self.device)

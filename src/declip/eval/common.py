@@ -29,6 +29,8 @@ from ..data.bounded import call_bounded, contained, filename_problem
 from ..data.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, load_image
 from ..data.device_augment import normalize_on_device
 from ..data.errors import BadSample
+from ..data.fetch import BoundedFetch
+from ..data.loader import worker_timeout_s
 from ..data.tokenizer import tokenize
 from ..errors import DataError
 
@@ -148,6 +150,7 @@ class FileImages:
         self.max_bytes = data.max_image_bytes if data is not None else DEFAULT_MAX_BYTES
         self.allow_outside = data.allow_outside_root if data is not None else False
         self.timeout_s = data.sample_timeout_s if data is not None else 60.0
+        self.worker_timeout_s = worker_timeout_s(self.timeout_s, data.worker_timeout_s if data is not None else 0)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -229,9 +232,12 @@ def image_features(clip, images: EvalImages, device, batch_size: int = 128, num_
         def encode(pixels):
             return F.normalize(clip.encode_image(pixels).float(), dim=-1)
     loader = DataLoader(images, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
+    sample_s = getattr(images.load, "timeout_s", 60.0)  # a stopped worker ends the run at the watchdog, not never
+    fetch = BoundedFetch(iter(loader), getattr(images.load, "worker_timeout_s", worker_timeout_s(sample_s)),
+                         sample_s, 1, lambda: False, threaded=num_workers > 0)  # (declip.data.fetch)
     feats, index, skips, examples = [], [], Counter(), []
-    with eval_mode(clip):
-        for batch, idx, bad in progress(loader, desc=what):
+    with eval_mode(clip), contextlib.closing(fetch):
+        for batch, idx, bad in progress(fetch, total=len(loader), desc=what):
             for _, reason, detail in bad:
                 skips[reason] += 1
                 if len(examples) < 3:

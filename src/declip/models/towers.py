@@ -38,6 +38,8 @@ def open_clip_model_cfg(cfg: ModelConfig) -> dict:
 
 def build_clip(cfg: ModelConfig) -> CustomTextCLIP:
     mc = open_clip_model_cfg(cfg)
+    if cfg.vision.patch_dropout > 0:  # open_clip's PatchDropout (training only); not in the export's config
+        mc["vision_cfg"]["patch_dropout"] = cfg.vision.patch_dropout
     model = CustomTextCLIP(embed_dim=mc["embed_dim"], vision_cfg=mc["vision_cfg"], text_cfg=mc["text_cfg"],
                            quick_gelu=mc["quick_gelu"], init_logit_scale=LOGIT_SCALE_INIT)
     if cfg.vision.kind == "vit":
@@ -96,7 +98,9 @@ def _image_parts(clip: CustomTextCLIP, images: torch.Tensor, embed: int | None =
     ViT: the transformer's output; the class token through ln_post (LayerNorm is per token: open_clip's
     ln_post(x)[:, 0]) is the trunk, projected by ``proj``; the patch tokens BEFORE ln_post are the dense tokens.
     ResNet: layer4's map; the attention pool (the projection is inside it) gives the embedding, its spatial mean
-    the trunk, its H*W positions the dense tokens."""
+    the trunk, its H*W positions the dense tokens. With ``model.vision.patch_dropout`` a training-mode ViT drops
+    patches in ``_embeds`` (open_clip's PatchDropout; the class token always stays): the trunk is then the class
+    token over the kept patches and the dense tokens are the kept patches only; eval mode keeps them all."""
     v = clip.visual
     if hasattr(v, "attnpool"):  # ModifiedResNet
         x = v.layer4(v.layer3(v.layer2(v.layer1(v.stem(images.to(v.conv1.weight.dtype))))))

@@ -32,8 +32,10 @@ FREE_PREFIXES = ("train.steps", "train.log_every", "train.ckpt_every", "train.ke
                  "train.tensorboard", "train.output_dir", "train.dist_timeout_s", "train.max_nonfinite_skips",
                  "train.peak_tflops", "train.mode", "train.compile", "train.grad_checkpointing", "train.channels_last",
                  "train.wandb",  # W&B settings: where the run is logged, not how it trains
-                 "data.num_workers", "data.pin_memory", "data.index_dir", "eval.",
+                 "data.num_workers", "data.pin_memory", "data.index_dir", "data.worker_timeout_s", "eval.",
                  "model.init_from")  # init_from: a resumed run's weights come from its checkpoint, not from it
+# under a shape prefix but no shape: they change training, not the weights (--allow-config-change)
+TRAINING_UNDER_SHAPE = ("model.vision.patch_dropout",)
 RUN_FILES = ("metrics.jsonl", "tensorboard", "config.yaml", "train.log", "wandb", "wandb_run.json")
 
 
@@ -50,7 +52,8 @@ def _weight_switch(key: str, old, new) -> bool:
 def check_resume_config(old: dict, new: dict, allow_change: bool) -> list[str]:
     """Raise for a change the checkpoint cannot follow; return the accepted changes as ``key: old -> new``."""
     changes = config_changes(old, new)
-    shape = [c for c in changes if (c[0].startswith(SHAPE_PREFIXES) and not c[0].startswith(FREE_PREFIXES))
+    shape = [c for c in changes if (c[0].startswith(SHAPE_PREFIXES)
+                                    and not c[0].startswith(FREE_PREFIXES + TRAINING_UNDER_SHAPE))
              or _weight_switch(*c)]
     if shape:
         listed = ", ".join(f"{k}: {o!r} -> {n!r}" for k, o, n in shape)

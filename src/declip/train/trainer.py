@@ -21,7 +21,8 @@ from .. import distributed as dist
 from ..config import Config
 from ..data.device_augment import build_device_stage
 from ..data.errors import DataStallError
-from ..data.loader import DevicePrefetcher, PairDataset, build_train_loader, stall_error
+from ..data.fetch import BoundedFetch
+from ..data.loader import DevicePrefetcher, PairDataset, build_train_loader, worker_timeout_s
 from ..data.sources import build_source
 from ..device import resolve_device
 from ..methods import build_method
@@ -38,6 +39,7 @@ from .optim import build_optimizer, load_optimizer_state, lr_at, part_lrs, set_l
 from .preemption import PreemptionSignals
 from .preflight import check_eval_paths
 from .run_dir import check_resume_config, claim_output_dir, write_run_config
+from .watchdog import stop_on_stall
 from .workers import ignore_preemption_in_worker, stop_loader_workers
 
 
@@ -102,7 +104,8 @@ class Trainer:
         # normalised views, batched on the training device (the workers only decode and crop)
         self.loader = build_train_loader(
             dataset, tr.batch_size, cfg.data.num_workers, self.info.rank, self.info.world_size, tr.seed,
-            start=self.consumed, pin_memory=cfg.data.pin_memory and self.device.type != "cpu")
+            start=self.consumed, pin_memory=cfg.data.pin_memory and self.device.type != "cpu",
+            worker_timeout=worker_timeout_s(cfg.data.sample_timeout_s, cfg.data.worker_timeout_s))
         self.loader.worker_init_fn = functools.partial(ignore_preemption_in_worker, self.loader.worker_init_fn)
         self.model = wrap_ddp(self.method, self.device, self.info.world_size)
         self.writer = MetricsWriter(self.out, tr.tensorboard, enabled=self.info.is_main, resume_step=self.step,
@@ -198,9 +201,10 @@ class Trainer:
                 consumed = self.consumed
                 try:
                     updated = self._train_step(batches)
-                except DataStallError:
-                    self._save_before_stall_exit(consumed)
-                    raise
+                except DataStallError as e:  # at a step's start (watchdog.py): saved if a signal asked for it
+                    if not stop_on_stall(self, consumed, e):
+                        raise
+                    break
                 self.step += 1
                 if updated is None:  # decided on the device: read only at a step where the host acts on it
                     updated = self._settle() if self._host_acts() else True
@@ -219,20 +223,17 @@ class Trainer:
 
     def _batches(self):
         """The loader's batches on the device, with the wait for each and its skipped samples accounted."""
-        self._iterator = iter(self.loader)
+        data, tr = self.cfg.data, self.cfg.train  # the main thread waits for the loader with a deadline:
+        self._iterator = BoundedFetch(iter(self.loader), self.loader.timeout or 0.0, data.sample_timeout_s,
+                                      tr.grad_accum, lambda: self.preemption.requested and self.info.world_size == 1,
+                                      threaded=data.num_workers > 0)  # no worker can stall it (watchdog.py)
         it = DevicePrefetcher(self._iterator, self.device)  # copies batch i+1 while step i runs (CUDA)
         if self._rng_to_restore is not None:  # after iter(): creating it draws from the global generator
             set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
         while True:
             t0 = time.perf_counter()
-            try:
-                batch = next(it)
-            except RuntimeError as e:
-                stall = stall_error(e, self.cfg.data.sample_timeout_s)
-                if stall is None:
-                    raise
-                raise stall from None
+            batch = next(it)
             self.clock.wait += time.perf_counter() - t0
             self.consumed += self.cfg.train.batch_size  # per micro-batch: counts what the stream handed out
             self.skips.add(batch["skips"], self.consumed, batch["skip_examples"])
@@ -338,18 +339,6 @@ class Trainer:
         log.warning("stopped by signal %d at step %d; resume with --resume latest", self.preemption.signum, self.step)
         return True
 
-    def _save_before_stall_exit(self, consumed: int) -> None:
-        """The data stalled (see :class:`DataStallError`) after a preemption signal asked for a checkpoint: save
-        the state at the start of the unfinished step (its micro-batches are given back to the stream), so the
-        preempted job still leaves a checkpoint. One process only: other ranks would not reach save's barriers."""
-        if not self.preemption.requested or self.info.world_size > 1:
-            return
-        self.consumed = consumed
-        self.optimizer.zero_grad(set_to_none=True)
-        self.save()
-        log.warning("signal %d: saved a checkpoint at step %d before stopping on stalled data",
-                    self.preemption.signum, self.step)
-
     def _finish(self) -> dict:
         tr = self.cfg.train
         summary = {"step": self.step, "skipped_samples": self.skips.total, "skips": self.skips.by_reason(False),
@@ -376,9 +365,8 @@ class Trainer:
     def close(self) -> None:
         """Stop the loader workers (asked first, then killed: they ignore SIGTERM), restore the signal
         handlers, close the metrics files and the process group."""
-        shutdown = getattr(self._iterator, "_shutdown_workers", None)  # torch's own orderly shutdown: it also
-        if shutdown is not None:  # forgets the worker pids, so that their exit is not reported as a crash
-            shutdown()
+        if self._iterator is not None:  # torch's orderly shutdown, or after a stall the workers killed at once
+            self._iterator.close()
         stop_loader_workers()
         self.preemption.restore()
         self.writer.close()
