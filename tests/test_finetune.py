@@ -171,8 +171,11 @@ def test_bad_lr_settings_fail_up_front(overrides, key):
 
 
 # ------------------------------------------------------------------------------- every method, SyncBN
+# FILIP with its global term on beside the dense one (its own default trains the dense term alone, which leaves
+# the global projections and logit scale without a gradient by design)
 METHODS = {"clip": [], "declip": [], "slip": ["method.simclr_hidden_dim=32", "method.simclr_out_dim=16"],
-           "filip": ["method.filip_topk=3"], "defilip": ["method.filip_topk=3"]}
+           "filip": ["method.filip_topk=3", "method.clip_weight=0.4", "method.filip_weight=0.2"],
+           "defilip": ["method.filip_topk=3"]}
 
 
 @pytest.mark.parametrize("lock", ["model.lock_image=true", "model.lock_text=true"])
