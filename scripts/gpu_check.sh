@@ -7,7 +7,8 @@
 #     towers, batch and first precision: gpu_step_check_<method>.json;
 #  4. patch dropout (issue 39): CLIP's step at model.vision.patch_dropout=0.5 (FLIP's) beside step 3's CLIP at 0:
 #     gpu_step_check_clip_pd05.json and the step-rate ratio;
-#  5. the loader-fed check (issue 9): the same bf16 run fed by the real input pipeline (all host cores as loader
+#  5. the S3 loader path (issue 39): benchmarks/s3_loader.py on the host cores -> s3_loader_gpu_host.md;
+#  6. the loader-fed check (issue 9): the same bf16 run fed by the real input pipeline (all host cores as loader
 #     workers, uint8 crops, augmentation on the GPU) on a generated manifest of $IMAGES 500x375 JPEGs; prints the
 #     synthetic and loader-fed FPS and their ratio (target >= 0.90).
 # Writes benchmarks/results/gpu_step_check_{bf16,fp16}.json, gpu_loader_check_bf16.json and gpu_loader_check.md
@@ -94,8 +95,16 @@ done
 print(f"patch dropout 0.5: {b:.1f} images/s vs {a:.1f} at 0 (x{b / a:.2f} the step rate)")' \
   "$OUT_DIR/gpu_step_check_clip.json" "$OUT_DIR/gpu_step_check_clip_pd05.json"
 
-# ====== issue 39 point 5: the S3 loader path (object storage) goes here; another helper adds it ======
-# ====== (end of the S3 loader path's spot) =============================================================
+# issue 39: the S3 loader path on this machine's host cores: the loader from s3:// shards on a local S3 server
+# (moto, 127.0.0.1) with 20 ms added per request vs the same shards on disk, by workers and readahead. Needs
+# moto[server] and s3fs (the dev extra; carry their wheels in .whl like the others); skipped without them.
+if "$PYTHON" -c "import moto, s3fs" 2>/dev/null; then
+  if [ "${QUICK:-0}" = 1 ]; then S3_ARGS=(--images 32 --samples 16 --workers 1 --readahead 0,8 --repeats 1)
+  else S3_ARGS=(--images 384 --samples 256 --workers 2,4,8 --readahead 0,8,32 --repeats 2); fi
+  "$PYTHON" benchmarks/s3_loader.py "${S3_ARGS[@]}" --out "$OUT_DIR/s3_loader_gpu_host.md" | tail -n 12
+else
+  echo "S3 loader path skipped: moto[server] and s3fs are not installed (pip install -e '.[dev]')"
+fi
 
 # loader-fed vs synthetic, same model, precision and batch; synthetic measured again right before, same settings
 "$PYTHON" benchmarks/gpu_step_check.py --device "$DEVICE" "${MODEL[@]}" --precision "$P" --steps "$LOADER_STEPS" \
