@@ -122,6 +122,21 @@ def test_declip_cases_cover_every_branch(two_ranks):
     assert set(reference["defilip"]["parts"]) == {"clip", "mlm", "nn", "filip"}
 
 
+def test_locked_towers_train_in_ddp(two_ranks):
+    """A locked tower's parameters are in no DDP bucket: a second step runs (DDP would stop it with "Expected to
+    have finished reduction" had a bucketed parameter gone without a gradient) and no rank has a gradient for
+    them, while the heads on the locked image tower (SimSiam) and the unlocked text projection train."""
+    reference, ranks = two_ranks
+    for r in ranks:
+        image = r["declip_lock_image"]
+        assert "second_loss" in image and not any(k.startswith("clip.visual.") for k in image["grads"])
+        assert any(k.startswith("projector.") for k in image["grads"])
+        text = [k for k in r["slip_lock_text"]["grads"] if k.startswith("clip.text.")]
+        assert "second_loss" in r["slip_lock_text"] and sorted(text) == ["clip.text.text_projection.bias",
+                                                                         "clip.text.text_projection.weight"]
+    assert not any(k.startswith("clip.visual.") for k in reference["declip_lock_image"]["trainable"])
+
+
 # ------------------------------------------------------------------------------ launch environment
 def test_env_dist_info_prefers_torchrun_over_slurm():
     env = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "SLURM_PROCID": "0", "SLURM_NTASKS": "4"}

@@ -94,7 +94,17 @@ def cmd_eval(args) -> int:
 def cmd_export(args) -> int:
     from .export import export_open_clip
 
-    out = export_open_clip(args.checkpoint, args.out_dir)
+    alpha = None
+    if args.interpolate is not None or args.start:
+        from .models.wise_ft import parse_alphas
+
+        alphas = parse_alphas(args.interpolate if args.interpolate is not None else "")
+        if len(alphas) != 1 or not args.start:
+            print("error: declip export takes one --interpolate ALPHA with --from START (declip eval sweeps "
+                  "several)", file=sys.stderr)
+            return 2
+        alpha = alphas[0]
+    out = export_open_clip(args.checkpoint, args.out_dir, interpolate=alpha, start=args.start)
     print(f"open_clip model written to {out}; load it with "
           f"open_clip.create_model_and_transforms('local-dir:{out}')")
     return 0
@@ -148,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="write a checkpoint's towers as an open_clip 'local-dir:' model")
     x.add_argument("checkpoint", help="a declip checkpoint (ckpt_*.pt or best.pt)")
     x.add_argument("out_dir", help="folder for open_clip_config.json + open_clip_model.safetensors")
+    x.add_argument("--interpolate", default=None, metavar="ALPHA",
+                   help="WiSE-FT: write (1 - ALPHA) * START + ALPHA * CHECKPOINT (needs --from)")
+    x.add_argument("--from", dest="start", default="", metavar="START",
+                   help="the model the checkpoint was fine-tuned from (anything model.init_from accepts)")
     x.set_defaults(func=cmd_export)
 
     pl = sub.add_parser("plot", help="training curves of a run (loss, lr, evaluations) as a PNG")

@@ -79,6 +79,19 @@ class ModelConfig:
     init_from: str = ""
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    # fine-tuning (models/locks.py): freeze a tower (no gradient, no optimizer state, no DDP bucket) but its last
+    # N groups, counted as open_clip counts them (image: ViT layers + 2, ResNet 6; text: layers + 2; the last
+    # group is the projection); freeze_bn_stats: a ResNet's locked BatchNorm layers keep their running statistics
+    lock_image: bool = False
+    lock_image_unlocked_groups: int = 0
+    lock_image_freeze_bn_stats: bool = False
+    lock_text: bool = False
+    lock_text_unlocked_layers: int = 0
+
+    def lock_groups(self) -> tuple[int, int]:
+        """How many lock groups each tower has (models/locks.py image_groups / text_groups build them)."""
+        image = self.vision.layers + 2 if self.vision.kind == "vit" else 6
+        return image, self.text.layers + 2
 
     def validate(self, check: Check) -> None:
         check(self.embed_dim > 0, "model.embed_dim", "must be > 0")
@@ -93,3 +106,18 @@ class ModelConfig:
               f"must be in [0, {LOGIT_SCALE_MAX}) (log space; the reference's 3, open_clip's 0)")
         self.vision.validate(check)
         self.text.validate(check)
+        self.validate_locks(check)  # after the towers' checks: the group counts need valid depths
+
+    def validate_locks(self, check: Check) -> None:
+        image, text = self.lock_groups()
+        for key, n, total, lock in (("model.lock_image_unlocked_groups", self.lock_image_unlocked_groups, image,
+                                     "lock_image"),
+                                    ("model.lock_text_unlocked_layers", self.lock_text_unlocked_layers, text,
+                                     "lock_text")):
+            check(n >= 0, key, "must be >= 0")
+            check(n == 0 or getattr(self, lock), key, f"only means something with model.{lock}=true; set it")
+            check(n < total or not getattr(self, lock), key, f"{n} unlocks the whole tower ({total} groups); "
+                  f"use at most {total - 1}, or model.{lock}=false to train it all")
+        check(not self.lock_image_freeze_bn_stats or (self.lock_image and self.vision.kind == "resnet"),
+              "model.lock_image_freeze_bn_stats", "needs model.lock_image=true and a ResNet image tower (a ViT has "
+              "no BatchNorm)")

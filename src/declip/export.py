@@ -61,11 +61,18 @@ def load_towers(checkpoint: str | Path, device="cpu", doing: str = "evaluate"):
     return clip.to(torch.device(device)).eval(), cfg, state
 
 
-def export_open_clip(checkpoint: str | Path, out_dir: str | Path) -> Path:
+def export_open_clip(checkpoint: str | Path, out_dir: str | Path, interpolate: float | None = None,
+                     start: str = "") -> Path:
+    """``interpolate=ALPHA, start=START``: the WiSE-FT mix ``(1 - ALPHA) * START + ALPHA * checkpoint``
+    (models/wise_ft.py) instead of the checkpoint's towers as they are."""
     from safetensors.torch import save_file
 
     checkpoint, out = Path(checkpoint), Path(out_dir)
     clip, cfg, state = load_towers(checkpoint, doing="export")
+    if interpolate is not None:
+        from .models.wise_ft import Interpolation
+
+        Interpolation(clip, start, str(checkpoint)).apply(interpolate)
     towers = clip.state_dict()
 
     out.mkdir(parents=True, exist_ok=True)
@@ -74,7 +81,8 @@ def export_open_clip(checkpoint: str | Path, out_dir: str | Path) -> Path:
         "model_cfg": open_clip_model_cfg(cfg.model),
         "preprocess_cfg": preprocess_cfg(cfg.model.vision.image_size),
         "declip": {"checkpoint": str(checkpoint), "step": step, "method": cfg.method.name,
-                   "preset": cfg.model.preset, "mask_token_id": MASK_ID, "eos_id": EOT_ID},
+                   "preset": cfg.model.preset, "mask_token_id": MASK_ID, "eos_id": EOT_ID,
+                   **({"wise_ft": {"from": start, "alpha": interpolate}} if interpolate is not None else {})},
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in towers.items()}
     save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt", "source": "declip", "step": str(step)})

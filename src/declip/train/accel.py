@@ -11,6 +11,8 @@ Order matters and is fixed by :func:`prepare_method`, called before the optimize
   batch; the SimSiam heads' BatchNorm stays per rank, as in the reference. The converted modules reuse the same
   Parameter objects and state_dict keys, so checkpoints load either way. torch's SyncBatchNorm refuses CPU
   tensors in a process group, so on gloo it is refused up front with a clear error rather than mid-step.
+- tower locks (``model.lock_*``, models/locks.py): after SyncBatchNorm, whose conversion would undo frozen
+  BatchNorm statistics; before the optimizer (no state for a frozen parameter) and DDP (no bucket for one).
 - channels_last (ResNet towers): weights converted once; a forward pre-hook on the image tower converts its
   input, because methods build the 4-D image batch themselves (DeCLIP stacks its two views).
 - torch.compile (``train.compile=auto``: on CUDA, where it paid 34% on the ViT-B/32 DeCLIP step; off on the
@@ -29,6 +31,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..config import Config
+from ..models.locks import describe_parts, lock_towers
 from .metrics import log
 
 
@@ -80,6 +83,9 @@ def prepare_method(method: nn.Module, cfg: Config, device_type: str, world_size:
         clip.visual = nn.SyncBatchNorm.convert_sync_batchnorm(clip.visual)  # children replaced in place
         log.info("train.sync_bn: %d BatchNorm layers of the image tower synchronised across ranks (the heads' "
                  "BatchNorm stays per rank)", n_bn)
+    for line in lock_towers(clip, cfg.model):
+        log.info("%s", line)
+    log.info("%s", describe_parts(method))
     if tr.channels_last:
         if resnet:
             clip.visual.to(memory_format=torch.channels_last)
