@@ -117,7 +117,7 @@ def run_pretrain(a, roots: dict, sources: list[str], targets: list[str], seed: i
                                   f"data.root={a.cache}"], wd, log)
     train_s = round(time.time() - t0, 1)
     return [{"arm": "start", "target": t, "seed": seed, "steps": 0, "pretrain_steps": a.pretrain_steps,
-             "sources": sources, "train_s": train_s, **scores(wd / "export", roots, t, sources)} for t in targets]
+             "pretrained_on": sources, "train_s": train_s, **scores(wd / "export", roots, t, sources)} for t in targets]
 
 
 def run_finetune(a, roots: dict, sources: list[str], target: str, arm: str, seed: int, wd: Path, log) -> dict:
@@ -125,7 +125,7 @@ def run_finetune(a, roots: dict, sources: list[str], target: str, arm: str, seed
     t0 = time.time()
     if arm in WISE:  # no training: the fine-tuned (a)/(b) weights mixed with the start's
         base = Path(a.workdir) / run_name(target, WISE[arm], seed, a)
-        ckpt = [line.split(": ", 1)[1] for line in (base / "checkpoint.txt").read_text().splitlines()][-1]
+        ckpt = (base / "checkpoint.txt").read_text().strip()
         cli(["export", ckpt, str(wd / "export"), "--interpolate", str(WISE_ALPHA), "--from", str(start)], log)
         export = wd / "export"
     else:
@@ -138,7 +138,8 @@ def run_finetune(a, roots: dict, sources: list[str], target: str, arm: str, seed
                                            ["declip"]["checkpoint"] + "\n")
     train_s = round(time.time() - t0, 1)
     return {"arm": arm, "target": target, "seed": seed, "steps": a.steps, "pretrain_steps": a.pretrain_steps,
-            "sources": sources, "train_s": train_s, **scores(export, roots, target, sources)}
+            "pretrained_on": sources, "train_s": train_s, **({"alpha": WISE_ALPHA} if arm in WISE else {}),
+            **scores(export, roots, target, sources)}
 
 
 def run_name(target: str, arm: str, seed: int, a) -> str:
