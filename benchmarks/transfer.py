@@ -128,6 +128,8 @@ def run_finetune(a, roots: dict, sources: list[str], target: str, arm: str, seed
         ckpt = (base / "checkpoint.txt").read_text().strip()
         cli(["export", ckpt, str(wd / "export"), "--interpolate", str(WISE_ALPHA), "--from", str(start)], log)
         export = wd / "export"
+    elif (wd / "checkpoint.txt").is_file():  # trained and exported by an interrupted grid: score it
+        export = wd / "export"
     else:
         variant, extra = ARMS[arm]
         config, overrides = variant_config(variant, a.steps)
