@@ -115,7 +115,9 @@ def run_pretrain(a, roots: dict, sources: list[str], targets: list[str], seed: i
         config, overrides = variant_config(PRETRAIN_VARIANT, a.pretrain_steps)
         train_and_export(config, [*overrides, *common(seed), f"data.path={wd / 'train.jsonl'}",
                                   f"data.root={a.cache}"], wd, log)
-    train_s = round(time.time() - t0, 1)
+        (wd / "train_s.txt").write_text(f"{time.time() - t0:.1f}\n")
+    # a reused start's time is the one measured when it was trained (None: trained before this file was kept)
+    train_s = float((wd / "train_s.txt").read_text()) if (wd / "train_s.txt").is_file() else None
     return [{"arm": "start", "target": t, "seed": seed, "steps": 0, "pretrain_steps": a.pretrain_steps,
              "pretrained_on": sources, "train_s": train_s, **scores(wd / "export", roots, t, sources)} for t in targets]
 
@@ -157,6 +159,11 @@ def cell(vals: list[float]) -> str:
     return f"{statistics.mean(vals):.1f} +- {statistics.stdev(vals):.1f} (n={len(vals)})"
 
 
+def wall(secs: list) -> str:
+    known = [x for x in secs if x]  # a start reused from an earlier grid has no time recorded
+    return f"{statistics.mean(known):.0f}" if known else "-"
+
+
 def wise_choice(runs: list[dict], target: str) -> str | None:
     """(d): the WiSE-FT mix of whichever of (a) / (b) has the higher mean VAL score on the target."""
     metric = PRIMARY[target]
@@ -194,7 +201,7 @@ def table(runs: list[dict], target: str, sources: list[str], seeds: int, learnin
         rows.append(f"| {label} | {cell([r['target_test'][metric] for r in sel])} | "
                     f"{cell([r['target_val'][metric] for r in sel])} | "
                     + " | ".join(cell([r["sources"][s][PRIMARY[s]] for r in sel]) for s in sources)
-                    + f" | {statistics.mean(r['train_s'] for r in sel):.0f} |" if sel else f"| {label} | - | - | "
+                    + f" | {wall([r['train_s'] for r in sel])} |" if sel else f"| {label} | - | - | "
                     + " | ".join("-" for _ in sources) + " | - |")
     for arm, sel in scratch_runs(learning_json, target, seeds).items():
         rows.append(f"| {LABELS[arm]} | {cell([r[metric] for r in sel])} | - | "
