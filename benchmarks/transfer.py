@@ -268,9 +268,14 @@ def main() -> int:
         with open(str(wd) + ".log", "a") as log:
             res = (run_pretrain(a, roots, sources, targets, int(parts[1]), log) if parts[0] == "pretrain"
                    else [run_finetune(a, roots, sources, parts[0], parts[1], int(parts[2]), wd, log)])
+        (wd / "result.json").write_text(json.dumps(res))  # kept if the driver is gone (an interrupted grid)
         print(json.dumps(res), flush=True)
         return 0
     recorded = {key_of(r): r for r in json.loads(out_json.read_text())["runs"]} if out_json.is_file() else {}
+    for done in sorted(work.glob("*/result.json")):  # runs an interrupted driver did not collect
+        for r in json.loads(done.read_text()):
+            if r["pretrained_on"] == sources and key_of(r) not in recorded:
+                recorded[key_of(r)] = r
     command = " ".join(["python", "benchmarks/transfer.py", *[x for x in sys.argv[1:] if x != "--report"]])
     payload = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": command,
                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared), "
@@ -283,6 +288,7 @@ def main() -> int:
         out_json.write_text(json.dumps(payload, indent=1))
 
     if a.report:
+        save()
         write_report(payload, Path(a.out + ".md"), Path(a.learning_json))
         print(Path(a.out + ".md").read_text())
         return 0
