@@ -220,7 +220,8 @@ def write_report(payload: dict, path: Path, learning_json: Path) -> None:
           "... model.init_from=local-dir:START` (C: an empty YAML for (a)/(c), i.e. learning.py's defaults + "
           "towers + recipe; configs/declip_small_data.yaml for (b)); (c) adds `model.lock_image=true`; "
           f"(d) = `declip export CKPT OUT --interpolate {WISE_ALPHA} --from START` of (a) or (b), the one with "
-          "the higher mean target VAL score (on a tie (a), the plain method); (e) and the peer: benchmarks/results/learning.json (300 steps, same "
+          "the higher mean target VAL score (on a tie (a), the plain method); "
+          "(e) and the peer: benchmarks/results/learning.json (300 steps, same "
           "seeds), trained on the target alone, so they have no retention",
           "- metrics: learning.py's `score`: letters / icons / digits = zero-shot top-1 (%) on the test split "
           "(letters and icons: typefaces / themes never trained on); emoji = image->text recall@1 (%); "
