@@ -58,18 +58,25 @@ def evaluate(model_or_checkpoint, overrides: Overrides = (), *, config: Config |
     ``overrides``: ``eval.*`` keys only, as strings or a mapping (``{"eval.val_manifest": "labels.jsonl",
     "eval.val_root": "images"}``). ``device``: where to run (default: a model's own device; ``auto`` for a
     checkpoint, as ``declip eval``). ``progress``: bars on a terminal."""
-    items = _as_items(overrides)
-    values, sources = {}, {}
+    values, sources = eval_values(_as_items(overrides), "overrides", "override", "evaluate",
+                                  "the checkpoint's or the model's")
+    return evaluate_with(model_or_checkpoint, values, sources, config=config, device=device, progress=progress)
+
+
+def eval_values(items, where: str, origin: str, who: str, whose: str) -> tuple[dict, dict[str, str]]:
+    """(``eval.*`` values by name, their sources) from ``eval.KEY=VALUE`` items, for :func:`evaluate` and
+    ``declip eval`` alike: only the eval section, since the model and the method are ``whose``."""
     from .config_parse import parse_override
 
+    values, sources = {}, {}
     for item in items:
         key, value = parse_override(item)
         section, _, name = key.partition(".")
         if section != "eval" or not name or "." in name:
-            raise ConfigError(f"overrides: {item!r}: evaluate takes eval.KEY=VALUE overrides only (the model and "
-                              "method are the checkpoint's or the model's), e.g. eval.similarity=token")
-        values[name], sources[key] = value, f"override ({item})"
-    return evaluate_with(model_or_checkpoint, values, sources, config=config, device=device, progress=progress)
+            raise ConfigError(f"{where}: {item!r}: {who} takes eval.KEY=VALUE overrides only (the model and "
+                              f"method are {whose}), e.g. eval.similarity=token")
+        values[name], sources[key] = value, f"{origin} ({item})"
+    return values, sources
 
 
 def _no_data(task: str) -> str:

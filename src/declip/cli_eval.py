@@ -110,21 +110,11 @@ def _runtime(args) -> dict:
 
 
 def key_value_overrides(items: list[str]) -> tuple[dict, dict[str, str]]:
-    """(eval.* values, their sources) from ``eval.KEY=VALUE`` arguments. Only the eval section: the model and
-    the method are the checkpoint's."""
-    from .config import ConfigError
-    from .config_parse import parse_override
+    """(eval.* values, their sources) from ``eval.KEY=VALUE`` arguments, checked as ``declip.evaluate`` checks
+    its overrides."""
+    from .api import eval_values
 
-    over, sources = {}, {}
-    for item in items:
-        key, value = parse_override(item)
-        section, _, name = key.partition(".")
-        if section != "eval" or not name or "." in name:
-            raise ConfigError(f"command line: {item!r}: declip eval takes eval.KEY=VALUE overrides only (the "
-                              "model and method are the checkpoint's), e.g. eval.similarity=token")
-        over[name] = value
-        sources[key] = f"command line ({item})"
-    return over, sources
+    return eval_values(items, "command line", "command line", "declip eval", "the checkpoint's")
 
 
 def run_eval_command(args) -> int:
