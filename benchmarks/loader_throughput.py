@@ -82,9 +82,14 @@ def dataset(kind: str, manifest: Path) -> PairDataset:
 
 
 def images_per_s(kind: str, manifest: Path, workers: int, samples: int, batch: int = 16) -> float:
-    loader = build_train_loader(dataset(kind, manifest), batch, workers, 0, 1, seed=0)
+    return loader_rate(build_train_loader(dataset(kind, manifest), batch, workers, 0, 1, seed=0), samples)
+
+
+def loader_rate(loader, samples: int) -> float:
+    """Images/s a loader yields over ``samples`` images after its first batch (worker start-up and first-batch
+    latency are not throughput); the loader's workers end with it."""
     it = iter(loader)
-    next(it)  # worker start-up and first-batch latency are not throughput
+    next(it)
     t0 = time.perf_counter()
     n = 0
     while n < samples:

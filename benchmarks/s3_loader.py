@@ -39,6 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the te
 
 from s3_server import LocalS3, client_env, set_delay  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loader_throughput import loader_rate  # noqa: E402  (the same timing as the disk loader benchmark)
+
 from declip import storage  # noqa: E402
 from declip.data.loader import DataSpec, PairDataset, build_train_loader  # noqa: E402
 from declip.data.shards import ShardSource  # noqa: E402
@@ -78,16 +81,7 @@ def _serve(delay_s: float, conn) -> None:
 def images_per_s(pattern: str, workers: int, readahead: int, samples: int, index_dir: str, batch: int = 32):
     source = ShardSource(pattern, image_size=SIZE, index_dir=index_dir)
     ds = PairDataset(source, DataSpec(), SIZE, seed=0, readahead=readahead)
-    loader = build_train_loader(ds, batch, workers, 0, 1, seed=0)
-    it = iter(loader)
-    next(it)  # worker start-up and the first batch are not throughput
-    t0 = time.perf_counter()
-    n = 0
-    while n < samples:
-        n += next(it)["images"].shape[0]
-    rate = n / (time.perf_counter() - t0)
-    del it, loader
-    return rate
+    return loader_rate(build_train_loader(ds, batch, workers, 0, 1, seed=0), samples)
 
 
 def main() -> None:
