@@ -102,6 +102,8 @@ def test_checkpoint_round_trip_keeps_the_data_position(manifest, tiny_cfg, tmp_p
     original = trainer.loader
 
     class Recording:  # the trainer's loader, recording which samples it hands out
+        timeout = original.timeout  # the trainer's fetch deadline reads it (data/fetch.py)
+
         def __iter__(self):
             for batch in original:
                 seen.append(batch["index"].tolist())
