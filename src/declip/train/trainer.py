@@ -362,9 +362,9 @@ class Trainer:
                               "summary")
         return summary
 
-    def close(self) -> None:
+    def close(self, failure: BaseException | None = None) -> None:
         """Stop the loader workers (asked first, then killed: they ignore SIGTERM), restore the signal
-        handlers, close the metrics files and the process group."""
+        handlers, close the metrics files, the process group and train.log (``failure``'s traceback last)."""
         if self._iterator is not None:  # torch's orderly shutdown, or after a stall the workers killed at once
             self._iterator.close()
         stop_loader_workers()
@@ -372,6 +372,7 @@ class Trainer:
         self.writer.close()
         self._lock.release()
         dist.cleanup()
+        close_run_logs(failure)
 
 
 def train(cfg: Config, resume: str | None = None, **options) -> dict:
@@ -386,7 +387,7 @@ def train(cfg: Config, resume: str | None = None, **options) -> dict:
         raise
     finally:
         if trainer is not None:
-            trainer.close()
-        else:
-            dist.cleanup()  # a failed start (bad resume path, data error) must not leave the process group open
-        close_run_logs(failure)
+            trainer.close(failure)
+        else:  # a failed start (bad resume path, data error) must not leave the process group or a log open
+            dist.cleanup()
+            close_run_logs(failure)
